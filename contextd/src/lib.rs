@@ -1,0 +1,3 @@
+//! Elko context server (`contextd`).
+
+pub mod checkpoint;

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("elko-contextd: not built yet (see issue 3)");
+    std::process::exit(2);
+}
