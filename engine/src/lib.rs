@@ -1,1 +1,67 @@
-//! Elko engine.
+//! Elko's event-loop engine: one `mio` loop per core.
+//!
+//! The engine owns sockets, frames, timers and the mailboxes between loops;
+//! it knows nothing about chat, contexts or directors. An application
+//! implements [`Handler`] and gets, per loop, a [`Ctx`] to send frames, close
+//! connections, set timers, post mail to other loops and hand connections to
+//! them.
+//!
+//! Why it is shaped this way:
+//! - **One loop per core, nothing shared on the hot path.** A loop owns a slab
+//!   of connections and its handler; no lock is taken to read, dispatch or
+//!   write. Loops talk only through bounded mailboxes plus a `mio::Waker`
+//!   (glommio's thread-per-core, Redis `ae.c`).
+//! - **A fixed order per pass** (see [`event_loop`](crate) docs in
+//!   `event_loop.rs`): read and dispatch, mail, timers, one `writev` flush per
+//!   dirty connection, then reap. Output produced anywhere in a pass leaves in
+//!   one syscall per connection.
+//! - **Limits with numbers** ([`Limits`]): frame sizes, outbound soft/hard
+//!   limits, read/write budgets per pass, handshake and idle timeouts,
+//!   connections per loop. Crossing one closes only that connection, with a
+//!   [`CloseReason`]; closes are deferred to the end of the pass and counted.
+//! - **Encode once, fan out by reference**: frames are `Bytes`; a broadcast
+//!   queues clones of one encoding.
+
+mod close;
+mod config;
+mod conn;
+mod ctx;
+mod engine;
+mod event_loop;
+mod handler;
+mod mailbox;
+mod out_queue;
+mod stats;
+mod timer;
+
+pub use close::{CloseKind, CloseReason};
+pub use config::{AcceptMode, EngineConfig, Limits};
+pub use conn::ConnId;
+pub use ctx::Ctx;
+pub use engine::{bind_listener, Engine};
+pub use handler::Handler;
+pub use out_queue::{OutQueue, WriteOutcome};
+pub use stats::{LoopStats, LoopStatsSnapshot};
+pub use timer::TimerId;
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit (or `want`, if lower).
+/// Returns the soft limit now in force.
+pub fn raise_fd_limit(want: u64) -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let target = want.min(lim.rlim_max as u64);
+    if (lim.rlim_cur as u64) < target {
+        lim.rlim_cur = target as libc::rlim_t;
+        // SAFETY: setrlimit reads the rlimit struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}

@@ -1,0 +1,90 @@
+//! One connection's engine-side state.
+
+use crate::close::CloseReason;
+use crate::out_queue::OutQueue;
+use elko_protocol::FrameDecoder;
+use mio::net::TcpStream;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Identifies a connection: its loop, its slot there, and a generation that
+/// makes a stale id (of a closed connection whose slot was reused) miss.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub(crate) loop_idx: u16,
+    pub(crate) slot: u32,
+    pub(crate) gen: u32,
+}
+
+impl ConnId {
+    /// The loop that owns this connection.
+    pub fn loop_index(self) -> usize {
+        usize::from(self.loop_idx)
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn{}.{}.{}", self.loop_idx, self.slot, self.gen)
+    }
+}
+
+/// Where a connection is in the engine-level handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Outbound, TCP connect in progress; Hello is queued.
+    Connecting,
+    /// Outbound, Hello sent, waiting for Welcome.
+    AwaitWelcome,
+    /// Accepted, waiting for Hello.
+    AwaitHello,
+    /// Handshake done: application frames flow.
+    Established,
+}
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) id: ConnId,
+    pub(crate) phase: Phase,
+    pub(crate) decoder: FrameDecoder,
+    pub(crate) out: OutQueue,
+    pub(crate) peer: SocketAddr,
+    pub(crate) opened_at: Instant,
+    pub(crate) last_rx: Instant,
+    pub(crate) last_ping: Instant,
+    pub(crate) over_soft_since: Option<Instant>,
+    /// WRITABLE is registered (only after a short write).
+    pub(crate) writable_interest: bool,
+    /// In this pass's flush list.
+    pub(crate) dirty: bool,
+    /// In the list of connections to read again next pass.
+    pub(crate) read_again: bool,
+    /// Marked for closing at the end of the pass.
+    pub(crate) closing: Option<CloseReason>,
+    /// Marked for hand-off at the end of the pass.
+    pub(crate) moving: bool,
+    /// The peer closed its side; dispatch what is buffered, then close.
+    pub(crate) eof: bool,
+}
+
+impl Conn {
+    /// Neither closing nor moving: frames may be dispatched and sent.
+    pub(crate) fn is_live(&self) -> bool {
+        self.closing.is_none() && !self.moving
+    }
+}
+
+/// A connection in transit between loops.
+#[derive(Debug)]
+pub(crate) struct Transfer {
+    pub(crate) stream: TcpStream,
+    pub(crate) phase: Phase,
+    pub(crate) decoder: FrameDecoder,
+    pub(crate) out: OutQueue,
+    pub(crate) peer: SocketAddr,
+    pub(crate) opened_at: Instant,
+    pub(crate) last_rx: Instant,
+    pub(crate) eof: bool,
+}

@@ -1,0 +1,207 @@
+//! Starting, addressing and stopping the loops.
+
+use crate::config::{AcceptMode, EngineConfig};
+use crate::ctx::Ctx;
+use crate::event_loop::{EventLoop, LISTENER_TOKEN, TIMER_TOKEN, WAKER_TOKEN};
+use crate::handler::Handler;
+use crate::mailbox::{Mail, Mailbox, Shared};
+use crate::stats::LoopStats;
+use crate::timer::Timers;
+use mio::{Interest, Poll, Waker};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A running engine: N event loops on N threads.
+#[derive(Debug)]
+pub struct Engine<M: Send + 'static> {
+    shared: Arc<Shared<M>>,
+    threads: Vec<JoinHandle<()>>,
+    local_addr: Option<SocketAddr>,
+}
+
+/// Create a listening socket. With `reuse_port`, several sockets may bind the
+/// same address and the kernel spreads connections over them.
+pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+impl<M: Send + 'static> Engine<M> {
+    /// Start the loops. With `listen`, accept connections there (port 0
+    /// picks a free port: see [`Engine::local_addr`]). `factory(i)` builds
+    /// loop `i`'s handler on that loop's own thread.
+    pub fn start<H, F>(
+        cfg: EngineConfig,
+        listen: Option<SocketAddr>,
+        factory: F,
+    ) -> io::Result<Engine<M>>
+    where
+        H: Handler<Mail = M>,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
+        let n = cfg.loop_count();
+        if n == 0 || n > usize::from(u16::MAX) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad loop count {n}"),
+            ));
+        }
+        // Listeners first, so a bad address fails here, synchronously.
+        let mut listeners: Vec<Option<std::net::TcpListener>> = (0..n).map(|_| None).collect();
+        let mut local_addr = None;
+        if let Some(addr) = listen {
+            match cfg.accept_mode {
+                AcceptMode::ReusePort => {
+                    let first = bind_listener(addr, true)?;
+                    let actual = first.local_addr()?;
+                    listeners[0] = Some(first);
+                    for slot in listeners.iter_mut().skip(1) {
+                        *slot = Some(bind_listener(actual, true)?);
+                    }
+                    local_addr = Some(actual);
+                }
+                AcceptMode::Single => {
+                    let l = bind_listener(addr, false)?;
+                    local_addr = Some(l.local_addr()?);
+                    listeners[0] = Some(l);
+                }
+            }
+        }
+
+        let mut polls = Vec::with_capacity(n);
+        let mut mailboxes = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
+            let (mb, rx) = Mailbox::new(cfg.mailbox_capacity, waker);
+            polls.push(poll);
+            mailboxes.push(mb);
+            receivers.push(rx);
+        }
+        let shared = Arc::new(Shared {
+            mailboxes,
+            stats: (0..n).map(|_| Arc::new(LoopStats::default())).collect(),
+        });
+        let cfg = Arc::new(cfg);
+        let factory = Arc::new(factory);
+        let cores = if cfg.pin_cpus {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+
+        let mut threads = Vec::with_capacity(n);
+        for (i, ((poll, rx), listener)) in
+            polls.into_iter().zip(receivers).zip(listeners).enumerate()
+        {
+            let registry = poll.registry().try_clone()?;
+            let timers = Timers::new()?;
+            timers.register(poll.registry(), TIMER_TOKEN)?;
+            let listener = match listener {
+                Some(l) => {
+                    let mut l = mio::net::TcpListener::from_std(l);
+                    poll.registry()
+                        .register(&mut l, LISTENER_TOKEN, Interest::READABLE)?;
+                    Some(l)
+                }
+                None => None,
+            };
+            let cx = Ctx::new(i, registry, timers, shared.clone(), cfg.clone());
+            let factory = factory.clone();
+            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            let name = format!("{}-loop{i}", cfg.server_id);
+            let t = std::thread::Builder::new().name(name).spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(loop_idx = i, "could not pin loop to core {core:?}");
+                    }
+                }
+                let handler = factory(i);
+                EventLoop::new(handler, cx, poll, rx, listener).run();
+            })?;
+            threads.push(t);
+        }
+        Ok(Engine {
+            shared,
+            threads,
+            local_addr,
+        })
+    }
+
+    /// The address the engine listens on (with the real port if 0 was asked).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Number of loops.
+    pub fn loop_count(&self) -> usize {
+        self.shared.mailboxes.len()
+    }
+
+    /// Send mail to loop `to`. Fails, handing it back, if the mailbox is full
+    /// or the loop has stopped.
+    pub fn post(&self, to: usize, mail: M) -> Result<(), M> {
+        let Some(mb) = self.shared.mailboxes.get(to) else {
+            return Err(mail);
+        };
+        mb.send(Mail::App(mail)).map_err(|m| match m {
+            Mail::App(m) => m,
+            _ => unreachable!("send returns the mail it was given"),
+        })
+    }
+
+    /// Every loop's counters.
+    pub fn stats(&self) -> &[Arc<LoopStats>] {
+        &self.shared.stats
+    }
+
+    /// Begin graceful shutdown without waiting: each loop closes its
+    /// listener, calls `on_shutdown`, flushes what is queued for at most
+    /// `grace`, then closes every connection and stops.
+    pub fn begin_shutdown(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        for mb in &self.shared.mailboxes {
+            // A full mailbox still gets the message eventually; retry briefly.
+            let mut mail = Mail::Shutdown(deadline);
+            for _ in 0..1000 {
+                match mb.send(mail) {
+                    Ok(()) => break,
+                    Err(m) => {
+                        mail = m;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Graceful shutdown: [`Engine::begin_shutdown`], then wait for every loop.
+    pub fn shutdown(self, grace: Duration) {
+        self.begin_shutdown(grace);
+        self.join();
+    }
+
+    /// Wait for every loop to stop.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Whether every loop thread has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+}

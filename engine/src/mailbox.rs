@@ -1,0 +1,73 @@
+//! Bounded mailboxes between loops, each paired with a `mio::Waker`.
+//!
+//! A sender wakes the receiving loop only when it is not already due to look
+//! at its mailbox (`wake_pending`), so a burst of mail costs one `eventfd`
+//! write, not one per message.
+
+use crate::conn::Transfer;
+use crate::stats::LoopStats;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::net::TcpStream;
+use mio::Waker;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug)]
+pub(crate) enum Mail<M> {
+    App(M),
+    Adopt(Box<Transfer>, M),
+    Accepted(TcpStream, SocketAddr),
+    Shutdown(Instant),
+}
+
+#[derive(Debug)]
+pub(crate) struct Mailbox<M> {
+    tx: Sender<Mail<M>>,
+    waker: Arc<Waker>,
+    wake_pending: AtomicBool,
+}
+
+impl<M> Mailbox<M> {
+    pub(crate) fn new(capacity: usize, waker: Arc<Waker>) -> (Mailbox<M>, Receiver<Mail<M>>) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        (
+            Mailbox {
+                tx,
+                waker,
+                wake_pending: AtomicBool::new(false),
+            },
+            rx,
+        )
+    }
+
+    pub(crate) fn send(&self, mail: Mail<M>) -> Result<(), Mail<M>> {
+        match self.tx.try_send(mail) {
+            Ok(()) => {
+                self.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
+        }
+    }
+
+    /// Wake the loop (if it is not already due to look at its mailbox).
+    pub(crate) fn wake(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Called by the receiving loop before draining: later sends wake it again.
+    pub(crate) fn clear_wake(&self) {
+        self.wake_pending.store(false, Ordering::Release);
+    }
+}
+
+/// What all loops of one engine share.
+#[derive(Debug)]
+pub(crate) struct Shared<M> {
+    pub(crate) mailboxes: Vec<Mailbox<M>>,
+    pub(crate) stats: Vec<Arc<LoopStats>>,
+}

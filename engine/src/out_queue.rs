@@ -1,0 +1,182 @@
+//! A connection's outbound queue: shared frames, written with writev.
+//!
+//! Frames are `Bytes`, so a broadcast queues a reference-counted clone of one
+//! encoding in every member's queue instead of copying it. Writing gathers up
+//! to [`MAX_IOVECS`] frames into one `writev` call.
+
+use bytes::{Buf, Bytes};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+/// Most frames handed to one `writev` call.
+pub const MAX_IOVECS: usize = 64;
+
+/// Queued outbound frames of one connection.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+/// What one [`OutQueue::write_to`] call achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Bytes written.
+    pub written: usize,
+    /// The socket would block: wait for WRITABLE.
+    pub would_block: bool,
+}
+
+impl OutQueue {
+    /// Queue a frame.
+    pub fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Nothing queued.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Write queued frames until the queue is empty, the socket would block,
+    /// or `budget` bytes were written.
+    pub fn write_to<W: Write>(&mut self, w: &mut W, budget: usize) -> io::Result<WriteOutcome> {
+        let mut written = 0;
+        while !self.frames.is_empty() && written < budget {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for f in self.frames.iter().take(MAX_IOVECS) {
+                slices[n] = IoSlice::new(f);
+                n += 1;
+            }
+            match w.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    written += k;
+                    self.consume(k);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(WriteOutcome {
+                        written,
+                        would_block: true,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 16 {
+            // An idle connection should hold no large queue allocation.
+            self.frames = VecDeque::new();
+        }
+        Ok(WriteOutcome {
+            written,
+            would_block: false,
+        })
+    }
+
+    fn consume(&mut self, mut k: usize) {
+        self.bytes -= k;
+        while k > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                return;
+            };
+            if front.len() <= k {
+                k -= front.len();
+                self.frames.pop_front();
+            } else {
+                front.advance(k);
+                k = 0;
+            }
+        }
+    }
+
+    /// Take every queued frame (for a hand-off to another loop).
+    pub fn take(&mut self) -> OutQueue {
+        std::mem::take(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that accepts at most `cap` bytes per call and then blocks.
+    struct Trickle {
+        out: Vec<u8>,
+        cap: usize,
+        calls_left: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.calls_left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls_left -= 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.cap - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.cap {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_frame_in_order() {
+        let mut q = OutQueue::default();
+        let mut expect = vec![];
+        for i in 0..100u8 {
+            let f = Bytes::from(vec![i; (i as usize % 7) + 1]);
+            expect.extend_from_slice(&f);
+            q.push(f);
+        }
+        let mut w = Trickle {
+            out: vec![],
+            cap: 5,
+            calls_left: 3,
+        };
+        let o = q.write_to(&mut w, usize::MAX).expect("no error");
+        assert!(o.would_block);
+        assert_eq!(o.written, 15);
+        assert_eq!(q.len(), expect.len() - 15);
+        w.calls_left = usize::MAX;
+        let o = q.write_to(&mut w, usize::MAX).expect("no error");
+        assert!(!o.would_block);
+        assert!(q.is_empty());
+        assert_eq!(w.out, expect);
+    }
+
+    #[test]
+    fn budget_stops_early() {
+        let mut q = OutQueue::default();
+        for _ in 0..10 {
+            q.push(Bytes::from_static(&[1; 100]));
+        }
+        let mut w = Trickle {
+            out: vec![],
+            cap: 100,
+            calls_left: usize::MAX,
+        };
+        let o = q.write_to(&mut w, 250).expect("no error");
+        assert_eq!(o.written, 300);
+        assert_eq!(q.len(), 700);
+    }
+}
