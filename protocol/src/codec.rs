@@ -4,13 +4,20 @@
 //! integers (see `docs/protocol.md` for the exact byte rules). It is fixed for
 //! protocol version 1; changing it is a new protocol version.
 //!
-//! Decoding never allocates more than the frame could hold. bincode allocates a
-//! string's claimed length before reading it, so a garbage length could ask for
-//! far more memory than the frame carries. We therefore decode under a byte
-//! limit chosen from the body's own size class (4 KiB, 64 KiB, 1 MiB, 16 MiB):
-//! any claimed length beyond the class fails with [`DecodeError::Truncated`]
-//! before a buffer is allocated for it. Trailing bytes after the last field are
-//! an error too, so every frame has exactly one decoding.
+//! Decoding never allocates much more than the frame could hold. bincode
+//! allocates a string's claimed length before reading it, so a garbage length
+//! could ask for far more memory than the frame carries. We therefore decode
+//! under a byte limit chosen from the body's own size class (4 KiB, 64 KiB,
+//! 1 MiB, 16 MiB): any claimed length beyond the limit fails with
+//! [`DecodeError::Truncated`] before a buffer is allocated for it. bincode's
+//! limit counts *in-memory* sizes, not wire bytes (a one-byte varint `u64` or
+//! length claims 8), so the limit is [`CLAIM_FACTOR`] times the class: a valid
+//! body of `n` bytes never claims more than `8 * n`. Byte vectors are decoded
+//! through `deserialize_bytes` (checked against the bytes actually left, no
+//! allocation before that) and other vectors preallocate at most 4 KiB
+//! whatever count they claim ([`bounded_vec`]), instead of serde's default of
+//! up to 1 MiB. Trailing bytes after the last field are an error too, so every
+//! frame has at most one decoding.
 
 use crate::frame::FRAME_HEADER_LEN;
 use crate::message::MessageType;
@@ -18,6 +25,11 @@ use crate::MAX_FRAME_CEILING;
 use bincode::config::{Configuration, LittleEndian, Varint};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+
+/// Ratio between what bincode's decode limit counts and wire bytes, at most:
+/// bincode claims the in-memory size of each value (8 bytes for a `u64` or a
+/// length) while the smallest varint on the wire is 1 byte.
+pub const CLAIM_FACTOR: usize = 8;
 
 /// The one bincode configuration of protocol version 1, used for encoding.
 pub const CONFIG: Configuration<LittleEndian, Varint> = bincode::config::standard();
@@ -53,7 +65,10 @@ pub enum DecodeError {
     #[error("{ty:?} body has an invalid value: {detail}")]
     Invalid { ty: MessageType, detail: String },
     #[error("{found:?} frame where {expected:?} was expected")]
-    WrongType { expected: MessageType, found: MessageType },
+    WrongType {
+        expected: MessageType,
+        found: MessageType,
+    },
 }
 
 impl DecodeError {
@@ -62,7 +77,10 @@ impl DecodeError {
         match e {
             B::UnexpectedEnd { .. } | B::LimitExceeded => DecodeError::Truncated { ty },
             B::Utf8 { .. } => DecodeError::InvalidUtf8 { ty },
-            other => DecodeError::Invalid { ty, detail: other.to_string() },
+            other => DecodeError::Invalid {
+                ty,
+                detail: other.to_string(),
+            },
         }
     }
 }
@@ -78,7 +96,10 @@ pub fn encode_frame<B: Body + ?Sized>(body: &B, out: &mut BytesMut) -> Result<us
     let out = w.into_inner();
     if let Err(e) = res {
         out.truncate(start);
-        return Err(EncodeError::Serialize { ty: B::TYPE, detail: e.to_string() });
+        return Err(EncodeError::Serialize {
+            ty: B::TYPE,
+            detail: e.to_string(),
+        });
     }
     let total = out.len() - start;
     let len = total - FRAME_HEADER_LEN;
@@ -115,7 +136,10 @@ pub fn decode_body_borrowed<'a, T: Deserialize<'a>>(
 ) -> Result<T, DecodeError> {
     macro_rules! with_limit {
         ($n:expr) => {
-            bincode::serde::borrow_decode_from_slice::<T, _>(body, CONFIG.with_limit::<{ $n }>())
+            bincode::serde::borrow_decode_from_slice::<T, _>(
+                body,
+                CONFIG.with_limit::<{ $n * CLAIM_FACTOR }>(),
+            )
         };
     }
     let res = match body.len() {
@@ -126,9 +150,102 @@ pub fn decode_body_borrowed<'a, T: Deserialize<'a>>(
     };
     let (value, used) = res.map_err(|e| DecodeError::from_bincode(ty, e))?;
     if used != body.len() {
-        return Err(DecodeError::TrailingBytes { ty, extra: body.len() - used });
+        return Err(DecodeError::TrailingBytes {
+            ty,
+            extra: body.len() - used,
+        });
     }
     Ok(value)
+}
+
+/// Largest preallocation, in bytes, for a decoded vector, whatever count it
+/// claims; longer vectors grow as their elements actually decode.
+const MAX_VEC_PREALLOC: usize = 4096;
+
+/// Serde glue for `Vec<u8>` fields. On the wire it is exactly a sequence of
+/// `u8` (varint length, then the raw bytes), but it decodes through
+/// `deserialize_bytes`, which borrows the bytes from the body after checking
+/// the length against what is left: a lying length fails before allocating.
+pub(crate) mod byte_vec {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::Serializer;
+    use std::fmt;
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_bytes(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        // Formats that present bytes as a sequence (JSON and the like).
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Vec<u8>, A::Error> {
+            super::bounded_vec::collect(seq)
+        }
+    }
+}
+
+/// Serde glue for `Vec<T>` fields (same wire bytes as plain `Vec<T>`) that
+/// preallocates at most [`MAX_VEC_PREALLOC`] bytes. serde's own `Vec` visitor
+/// trusts the claimed count up to 1 MiB, so a ten-byte body claiming 2^40
+/// elements would allocate 1 MiB before failing.
+pub(crate) mod bounded_vec {
+    use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    pub(crate) fn deserialize<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        d.deserialize_seq(VecVisitor(PhantomData))
+    }
+
+    pub(crate) fn collect<'de, A, T>(mut seq: A) -> Result<Vec<T>, A::Error>
+    where
+        A: SeqAccess<'de>,
+        T: Deserialize<'de>,
+    {
+        let cap = super::MAX_VEC_PREALLOC / std::mem::size_of::<T>().max(1);
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(cap));
+        while let Some(x) = seq.next_element()? {
+            v.push(x);
+        }
+        Ok(v)
+    }
+
+    struct VecVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for VecVisitor<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Vec<T>, A::Error> {
+            collect(seq)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -142,13 +259,24 @@ mod tests {
         let mut body = vec![253];
         body.extend_from_slice(&(1u64 << 40).to_le_bytes());
         let err = decode_body::<Joined>(MessageType::Joined, &body).expect_err("must fail");
-        assert_eq!(err, DecodeError::Truncated { ty: MessageType::Joined });
+        assert_eq!(
+            err,
+            DecodeError::Truncated {
+                ty: MessageType::Joined
+            }
+        );
     }
 
     #[test]
     fn trailing_bytes_are_refused() {
         let err = decode_body::<Ping>(MessageType::Ping, &[7, 0]).expect_err("must fail");
-        assert_eq!(err, DecodeError::TrailingBytes { ty: MessageType::Ping, extra: 1 });
+        assert_eq!(
+            err,
+            DecodeError::TrailingBytes {
+                ty: MessageType::Ping,
+                extra: 1
+            }
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ impl Frame {
 
     /// Decode the body as `T`, which must be the struct (or borrowed view) of
     /// this frame's type `expected`.
-    pub fn decode_as<'a, T: Deserialize<'a>>(&'a self, expected: MessageType) -> Result<T, DecodeError> {
+    pub fn decode_as<'a, T: Deserialize<'a>>(
+        &'a self,
+        expected: MessageType,
+    ) -> Result<T, DecodeError> {
         let found = self.message_type()?;
         if found != expected {
             return Err(DecodeError::WrongType { expected, found });
@@ -57,7 +60,10 @@ impl Frame {
     }
 
     /// Decode the body as an owned `T` of type `expected`.
-    pub fn decode_owned<T: for<'de> Deserialize<'de>>(&self, expected: MessageType) -> Result<T, DecodeError> {
+    pub fn decode_owned<T: for<'de> Deserialize<'de>>(
+        &self,
+        expected: MessageType,
+    ) -> Result<T, DecodeError> {
         let found = self.message_type()?;
         if found != expected {
             return Err(DecodeError::WrongType { expected, found });
@@ -81,7 +87,10 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder refusing frames whose length (type byte + body) exceeds `max_frame`.
     pub fn new(max_frame: u32) -> Self {
-        FrameDecoder { buf: BytesMut::new(), max_frame }
+        FrameDecoder {
+            buf: BytesMut::new(),
+            max_frame,
+        }
     }
 
     /// The limit in force.
@@ -130,7 +139,10 @@ impl FrameDecoder {
             return Err(FrameError::Empty);
         }
         if len > self.max_frame {
-            return Err(FrameError::TooLarge { len, max: self.max_frame });
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
         }
         let total = FRAME_HEADER_LEN + len as usize;
         if self.buf.len() < total {
@@ -153,7 +165,10 @@ mod tests {
     fn rejects_oversize_before_buffering_body() {
         let mut d = FrameDecoder::new(16);
         d.extend(&17u32.to_le_bytes());
-        assert_eq!(d.next_frame(), Err(FrameError::TooLarge { len: 17, max: 16 }));
+        assert_eq!(
+            d.next_frame(),
+            Err(FrameError::TooLarge { len: 17, max: 16 })
+        );
         // Nothing was reserved for the 17-byte frame.
         assert!(d.buf.capacity() < 64);
     }

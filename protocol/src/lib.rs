@@ -72,7 +72,10 @@ pub fn validate_id(id: &str, max_len: u16) -> Result<(), IdError> {
         return Err(IdError::Empty);
     }
     if id.len() > usize::from(max_len) {
-        return Err(IdError::TooLong { len: id.len(), max: max_len });
+        return Err(IdError::TooLong {
+            len: id.len(),
+            max: max_len,
+        });
     }
     if let Some(c) = id.chars().find(|c| c.is_control()) {
         return Err(IdError::ControlChar(c));
@@ -113,7 +116,10 @@ mod tests {
     fn id_validation() {
         assert!(validate_id("room/42", 255).is_ok());
         assert_eq!(validate_id("", 255), Err(IdError::Empty));
-        assert_eq!(validate_id("abc", 2), Err(IdError::TooLong { len: 3, max: 2 }));
+        assert_eq!(
+            validate_id("abc", 2),
+            Err(IdError::TooLong { len: 3, max: 2 })
+        );
         assert_eq!(validate_id("a\nb", 255), Err(IdError::ControlChar('\n')));
     }
 }

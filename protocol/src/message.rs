@@ -252,6 +252,7 @@ pub struct Redirect {
     /// `host:port` of the context server's client listener.
     pub contextd_addr: String,
     /// Opaque reservation token, bound to (context, user), single use.
+    #[serde(with = "crate::codec::byte_vec")]
     pub token: Vec<u8>,
     /// The token expires this many milliseconds after it was issued.
     pub expires_in_ms: u32,
@@ -272,6 +273,7 @@ pub struct Denied {
 pub struct Enter {
     pub context: String,
     pub user: String,
+    #[serde(with = "crate::codec::byte_vec")]
     pub token: Vec<u8>,
 }
 
@@ -293,10 +295,13 @@ pub struct Snapshot {
     /// The application running the context (for example "chat", "auction").
     pub app: String,
     /// Members present, the entering user included.
+    #[serde(deserialize_with = "crate::codec::bounded_vec::deserialize")]
     pub members: Vec<String>,
     /// The most recent utterances, oldest first.
+    #[serde(deserialize_with = "crate::codec::bounded_vec::deserialize")]
     pub history: Vec<HistoryEntry>,
     /// Application-defined state (see `docs/protocol.md` for each application).
+    #[serde(with = "crate::codec::byte_vec")]
     pub state: Vec<u8>,
 }
 
@@ -378,6 +383,7 @@ pub struct ReEnter {
 pub struct AppMessage {
     /// Operation code, defined by the context's application.
     pub op: u16,
+    #[serde(with = "crate::codec::byte_vec")]
     pub body: Vec<u8>,
 }
 
@@ -423,6 +429,7 @@ pub struct LoopLoad {
 pub struct LoadReport {
     /// Increases by one per report.
     pub seq: u64,
+    #[serde(deserialize_with = "crate::codec::bounded_vec::deserialize")]
     pub loops: Vec<LoopLoad>,
 }
 
