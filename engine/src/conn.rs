@@ -47,6 +47,8 @@ pub(crate) enum Phase {
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     pub(crate) id: ConnId,
+    /// The listener that accepted it (None: outbound).
+    pub(crate) listener: Option<u8>,
     pub(crate) phase: Phase,
     pub(crate) decoder: FrameDecoder,
     pub(crate) out: OutQueue,
@@ -80,6 +82,7 @@ impl Conn {
 #[derive(Debug)]
 pub(crate) struct Transfer {
     pub(crate) stream: TcpStream,
+    pub(crate) listener: Option<u8>,
     pub(crate) phase: Phase,
     pub(crate) decoder: FrameDecoder,
     pub(crate) out: OutQueue,

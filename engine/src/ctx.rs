@@ -19,8 +19,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Tokens below this are the loop's own (waker, timer, listener).
-pub(crate) const FIRST_CONN_TOKEN: usize = 3;
+/// Most listening addresses one engine may have.
+pub const MAX_LISTENERS: usize = 8;
+/// Token of listener 0; listener `i` has `FIRST_LISTENER_TOKEN + i`.
+pub(crate) const FIRST_LISTENER_TOKEN: usize = 2;
+/// Tokens below this are the loop's own (waker, timer, listeners).
+pub(crate) const FIRST_CONN_TOKEN: usize = FIRST_LISTENER_TOKEN + MAX_LISTENERS;
 
 /// Size of the chunks the frame arena allocates.
 const ARENA_CHUNK: usize = 64 * 1024;
@@ -140,6 +144,14 @@ impl<M: Send + 'static> Ctx<M> {
     /// The peer's address.
     pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
         self.slot_of(id).map(|s| self.conns[s].peer)
+    }
+
+    /// Which listener (index into the addresses given to
+    /// [`crate::Engine::start_multi`]) accepted the connection; `None` for an
+    /// outbound one.
+    pub fn listener_of(&self, id: ConnId) -> Option<usize> {
+        self.slot_of(id)
+            .and_then(|s| self.conns[s].listener.map(usize::from))
     }
 
     /// Bytes queued to the connection and not yet written.
@@ -325,6 +337,7 @@ impl<M: Send + 'static> Ctx<M> {
             addr,
             Phase::Connecting,
             Interest::READABLE | Interest::WRITABLE,
+            None,
         )?;
         let slot = id.slot as usize;
         self.conns[slot].writable_interest = true;
@@ -339,6 +352,7 @@ impl<M: Send + 'static> Ctx<M> {
         peer: SocketAddr,
         phase: Phase,
         interest: Interest,
+        listener: Option<u8>,
     ) -> io::Result<ConnId> {
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
@@ -359,6 +373,7 @@ impl<M: Send + 'static> Ctx<M> {
         entry.insert(Conn {
             stream,
             id,
+            listener,
             phase,
             decoder: FrameDecoder::new(max_frame),
             out: Default::default(),

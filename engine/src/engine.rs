@@ -2,12 +2,13 @@
 
 use crate::config::{AcceptMode, EngineConfig};
 use crate::ctx::Ctx;
-use crate::event_loop::{EventLoop, LISTENER_TOKEN, TIMER_TOKEN, WAKER_TOKEN};
+use crate::ctx::{FIRST_LISTENER_TOKEN, MAX_LISTENERS};
+use crate::event_loop::{EventLoop, TIMER_TOKEN, WAKER_TOKEN};
 use crate::handler::Handler;
 use crate::mailbox::{Mail, Mailbox, Shared};
 use crate::stats::LoopStats;
 use crate::timer::Timers;
-use mio::{Interest, Poll, Waker};
+use mio::{Interest, Poll, Token, Waker};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 pub struct Engine<M: Send + 'static> {
     shared: Arc<Shared<M>>,
     threads: Vec<JoinHandle<()>>,
-    local_addr: Option<SocketAddr>,
+    local_addrs: Vec<SocketAddr>,
 }
 
 /// Create a listening socket. With `reuse_port`, several sockets may bind the
@@ -50,6 +51,22 @@ impl<M: Send + 'static> Engine<M> {
         H: Handler<Mail = M>,
         F: Fn(usize) -> H + Send + Sync + 'static,
     {
+        Self::start_multi(cfg, listen.as_slice(), factory)
+    }
+
+    /// Start the loops, accepting on every address in `listen` (at most
+    /// [`MAX_LISTENERS`]). [`Ctx::listener_of`] tells a handler which one
+    /// accepted a connection (a director listens for clients and for context
+    /// servers on two addresses).
+    pub fn start_multi<H, F>(
+        cfg: EngineConfig,
+        listen: &[SocketAddr],
+        factory: F,
+    ) -> io::Result<Engine<M>>
+    where
+        H: Handler<Mail = M>,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
         let n = cfg.loop_count();
         if n == 0 || n > usize::from(u16::MAX) {
             return Err(io::Error::new(
@@ -57,24 +74,35 @@ impl<M: Send + 'static> Engine<M> {
                 format!("bad loop count {n}"),
             ));
         }
+        if listen.len() > MAX_LISTENERS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} listen addresses; at most {MAX_LISTENERS}", listen.len()),
+            ));
+        }
         // Listeners first, so a bad address fails here, synchronously.
-        let mut listeners: Vec<Option<std::net::TcpListener>> = (0..n).map(|_| None).collect();
-        let mut local_addr = None;
-        if let Some(addr) = listen {
+        // listeners[loop][listener index]
+        let mut listeners: Vec<Vec<Option<std::net::TcpListener>>> =
+            (0..n).map(|_| Vec::new()).collect();
+        let mut local_addrs = Vec::with_capacity(listen.len());
+        for &addr in listen {
             match cfg.accept_mode {
                 AcceptMode::ReusePort => {
                     let first = bind_listener(addr, true)?;
                     let actual = first.local_addr()?;
-                    listeners[0] = Some(first);
-                    for slot in listeners.iter_mut().skip(1) {
-                        *slot = Some(bind_listener(actual, true)?);
+                    listeners[0].push(Some(first));
+                    for per_loop in listeners.iter_mut().skip(1) {
+                        per_loop.push(Some(bind_listener(actual, true)?));
                     }
-                    local_addr = Some(actual);
+                    local_addrs.push(actual);
                 }
                 AcceptMode::Single => {
                     let l = bind_listener(addr, false)?;
-                    local_addr = Some(l.local_addr()?);
-                    listeners[0] = Some(l);
+                    local_addrs.push(l.local_addr()?);
+                    listeners[0].push(Some(l));
+                    for per_loop in listeners.iter_mut().skip(1) {
+                        per_loop.push(None);
+                    }
                 }
             }
         }
@@ -109,15 +137,19 @@ impl<M: Send + 'static> Engine<M> {
             let registry = poll.registry().try_clone()?;
             let timers = Timers::new()?;
             timers.register(poll.registry(), TIMER_TOKEN)?;
-            let listener = match listener {
-                Some(l) => {
-                    let mut l = mio::net::TcpListener::from_std(l);
-                    poll.registry()
-                        .register(&mut l, LISTENER_TOKEN, Interest::READABLE)?;
-                    Some(l)
-                }
-                None => None,
-            };
+            let mut mio_listeners = Vec::with_capacity(listener.len());
+            for (li, l) in listener.into_iter().enumerate() {
+                mio_listeners.push(match l {
+                    Some(l) => {
+                        let mut l = mio::net::TcpListener::from_std(l);
+                        let token = Token(FIRST_LISTENER_TOKEN + li);
+                        poll.registry()
+                            .register(&mut l, token, Interest::READABLE)?;
+                        Some(l)
+                    }
+                    None => None,
+                });
+            }
             let cx = Ctx::new(i, registry, timers, shared.clone(), cfg.clone());
             let factory = factory.clone();
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
@@ -129,20 +161,25 @@ impl<M: Send + 'static> Engine<M> {
                     }
                 }
                 let handler = factory(i);
-                EventLoop::new(handler, cx, poll, rx, listener).run();
+                EventLoop::new(handler, cx, poll, rx, mio_listeners).run();
             })?;
             threads.push(t);
         }
         Ok(Engine {
             shared,
             threads,
-            local_addr,
+            local_addrs,
         })
     }
 
     /// The address the engine listens on (with the real port if 0 was asked).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local_addr
+        self.local_addrs.first().copied()
+    }
+
+    /// Every listening address, in the order given to [`Engine::start_multi`].
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     /// Number of loops.

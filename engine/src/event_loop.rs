@@ -17,7 +17,7 @@
 use crate::close::{CloseKind, CloseReason};
 use crate::config::AcceptMode;
 use crate::conn::{Conn, Phase, Transfer};
-use crate::ctx::{Ctx, FIRST_CONN_TOKEN};
+use crate::ctx::{Ctx, FIRST_CONN_TOKEN, FIRST_LISTENER_TOKEN, MAX_LISTENERS};
 use crate::handler::Handler;
 use crate::mailbox::Mail;
 use crate::stats::LoopStats;
@@ -37,7 +37,6 @@ use std::time::{Duration, Instant};
 
 pub(crate) const WAKER_TOKEN: Token = Token(0);
 pub(crate) const TIMER_TOKEN: Token = Token(1);
-pub(crate) const LISTENER_TOKEN: Token = Token(2);
 
 /// Most mailbox messages handled per pass (the rest wait for the next pass).
 const MAIL_BUDGET: usize = 4096;
@@ -49,7 +48,8 @@ pub(crate) struct EventLoop<H: Handler> {
     pub(crate) cx: Ctx<H::Mail>,
     pub(crate) poll: Poll,
     pub(crate) mail_rx: Receiver<Mail<H::Mail>>,
-    pub(crate) listener: Option<TcpListener>,
+    /// This loop's listeners, indexed like the engine's listen addresses.
+    pub(crate) listeners: Vec<Option<TcpListener>>,
     scratch: Vec<u8>,
     reserve_fd: Option<File>,
     shutdown_deadline: Option<Instant>,
@@ -63,7 +63,7 @@ impl<H: Handler> EventLoop<H> {
         cx: Ctx<H::Mail>,
         poll: Poll,
         mail_rx: Receiver<Mail<H::Mail>>,
-        listener: Option<TcpListener>,
+        listeners: Vec<Option<TcpListener>>,
     ) -> Self {
         let server_full_frame = elko_protocol::encode_frame_to_bytes(&ErrorFrame {
             code: ErrorCode::SERVER_FULL,
@@ -75,7 +75,7 @@ impl<H: Handler> EventLoop<H> {
             cx,
             poll,
             mail_rx,
-            listener,
+            listeners,
             scratch: vec![0; 64 * 1024],
             reserve_fd: File::open("/dev/null").ok(),
             shutdown_deadline: None,
@@ -126,7 +126,12 @@ impl<H: Handler> EventLoop<H> {
                 match ev.token() {
                     WAKER_TOKEN => mail_ready = true,
                     TIMER_TOKEN => self.cx.timers.acknowledge(),
-                    LISTENER_TOKEN => self.accept_ready(),
+                    Token(t)
+                        if (FIRST_LISTENER_TOKEN..FIRST_LISTENER_TOKEN + MAX_LISTENERS)
+                            .contains(&t) =>
+                    {
+                        self.accept_ready(t - FIRST_LISTENER_TOKEN)
+                    }
                     Token(t) => {
                         let slot = t - FIRST_CONN_TOKEN;
                         let Some(conn) = self.cx.conns.get(slot) else {
@@ -394,13 +399,13 @@ impl<H: Handler> EventLoop<H> {
 
     // ---- accepting --------------------------------------------------------------
 
-    fn accept_ready(&mut self) {
+    fn accept_ready(&mut self, li: usize) {
         loop {
-            let Some(listener) = &self.listener else {
+            let Some(Some(listener)) = self.listeners.get(li) else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.place_accepted(stream, peer),
+                Ok((stream, peer)) => self.place_accepted(stream, peer, li as u8),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
                     LoopStats::add(&self.cx.stats.fd_exhausted, 1);
@@ -420,7 +425,7 @@ impl<H: Handler> EventLoop<H> {
                         );
                         self.cx
                             .timers
-                            .add(Instant::now() + ACCEPT_RETRY, TimerKind::AcceptRetry);
+                            .add(Instant::now() + ACCEPT_RETRY, TimerKind::AcceptRetry(li));
                         return;
                     }
                 }
@@ -431,14 +436,14 @@ impl<H: Handler> EventLoop<H> {
                     tracing::warn!(error = %e, "accept failed; retrying in {ACCEPT_RETRY:?}");
                     self.cx
                         .timers
-                        .add(Instant::now() + ACCEPT_RETRY, TimerKind::AcceptRetry);
+                        .add(Instant::now() + ACCEPT_RETRY, TimerKind::AcceptRetry(li));
                     return;
                 }
             }
         }
     }
 
-    fn place_accepted(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn place_accepted(&mut self, stream: TcpStream, peer: SocketAddr, li: u8) {
         let loops = self.cx.loop_count();
         if self.cx.cfg.accept_mode == AcceptMode::Single && loops > 1 {
             // Round-robin: even by construction, and needs no shared counts
@@ -446,28 +451,31 @@ impl<H: Handler> EventLoop<H> {
             self.accept_rr = (self.accept_rr + 1) % loops;
             let target = self.accept_rr;
             if target != self.cx.idx {
-                if let Err(Mail::Accepted(stream, _)) =
-                    self.cx.shared.mailboxes[target].send(Mail::Accepted(stream, peer))
+                if let Err(Mail::Accepted(stream, _, _)) =
+                    self.cx.shared.mailboxes[target].send(Mail::Accepted(stream, peer, li))
                 {
                     self.refuse_full(stream);
                 }
                 return;
             }
         }
-        self.adopt_new(stream, peer);
+        self.adopt_new(stream, peer, li);
     }
 
-    fn adopt_new(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn adopt_new(&mut self, stream: TcpStream, peer: SocketAddr, li: u8) {
         if self.cx.conns.len() >= self.cx.cfg.limits.max_connections_per_loop
             || self.cx.shutting_down
         {
             self.refuse_full(stream);
             return;
         }
-        match self
-            .cx
-            .insert(stream, peer, Phase::AwaitHello, Interest::READABLE)
-        {
+        match self.cx.insert(
+            stream,
+            peer,
+            Phase::AwaitHello,
+            Interest::READABLE,
+            Some(li),
+        ) {
             Ok(id) => {
                 LoopStats::add(&self.cx.stats.accepted, 1);
                 self.handler.on_accept(&mut self.cx, id, peer);
@@ -495,7 +503,7 @@ impl<H: Handler> EventLoop<H> {
             match mail {
                 Mail::App(m) => self.handler.on_mail(&mut self.cx, m),
                 Mail::Adopt(t, m) => self.adopt_transfer(*t, m),
-                Mail::Accepted(stream, peer) => self.adopt_new(stream, peer),
+                Mail::Accepted(stream, peer, li) => self.adopt_new(stream, peer, li),
                 Mail::Shutdown(deadline) => self.begin_shutdown(deadline),
             }
         }
@@ -510,7 +518,10 @@ impl<H: Handler> EventLoop<H> {
             Interest::READABLE | Interest::WRITABLE
         };
         let peer = t.peer;
-        match self.cx.insert(t.stream, peer, t.phase, interest) {
+        match self
+            .cx
+            .insert(t.stream, peer, t.phase, interest, t.listener)
+        {
             Ok(id) => {
                 let slot = id.slot as usize;
                 let c = &mut self.cx.conns[slot];
@@ -543,7 +554,7 @@ impl<H: Handler> EventLoop<H> {
                     let next = self.cx.now + self.cx.cfg.sweep_interval;
                     self.cx.timers.add(next, TimerKind::Sweep);
                 }
-                TimerKind::AcceptRetry => self.accept_ready(),
+                TimerKind::AcceptRetry(li) => self.accept_ready(li),
                 TimerKind::ShutdownDeadline => {}
             }
         }
@@ -724,6 +735,7 @@ impl<H: Handler> EventLoop<H> {
         LoopStats::add(&self.cx.stats.connections, u64::MAX);
         let t = Transfer {
             stream: conn.stream,
+            listener: conn.listener,
             phase: conn.phase,
             decoder: conn.decoder,
             out: conn.out,
@@ -750,7 +762,7 @@ impl<H: Handler> EventLoop<H> {
         }
         self.cx.shutting_down = true;
         self.shutdown_deadline = Some(deadline);
-        if let Some(mut l) = self.listener.take() {
+        for mut l in self.listeners.drain(..).flatten() {
             let _ = self.poll.registry().deregister(&mut l);
         }
         self.cx.timers.add(deadline, TimerKind::ShutdownDeadline);

@@ -18,7 +18,7 @@ use std::time::Instant;
 pub(crate) enum Mail<M> {
     App(M),
     Adopt(Box<Transfer>, M),
-    Accepted(TcpStream, SocketAddr),
+    Accepted(TcpStream, SocketAddr, u8),
     Shutdown(Instant),
 }
 

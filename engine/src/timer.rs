@@ -24,7 +24,7 @@ pub(crate) enum TimerKind {
     /// The engine's own sweep.
     Sweep,
     /// Retry accepting after running out of descriptors.
-    AcceptRetry,
+    AcceptRetry(usize),
     /// Wakes the loop when the shutdown grace period ends.
     ShutdownDeadline,
     /// An application timer with its user data.
