@@ -3,7 +3,7 @@
 use crate::close::CloseReason;
 use crate::config::{EngineConfig, Limits};
 use crate::conn::{Conn, ConnId, Phase};
-use crate::mailbox::{Mail, Shared};
+use crate::mailbox::Shared;
 use crate::stats::LoopStats;
 use crate::timer::{TimerId, TimerKind, Timers};
 use bytes::{Bytes, BytesMut};
@@ -268,13 +268,7 @@ impl<M: Send + 'static> Ctx<M> {
     /// Send mail to loop `to` (possibly this one). Fails, handing the mail
     /// back, if that loop's mailbox is full or the loop has stopped.
     pub fn post(&self, to: usize, mail: M) -> Result<(), M> {
-        let Some(mb) = self.shared.mailboxes.get(to) else {
-            return Err(mail);
-        };
-        mb.send(Mail::App(mail)).map_err(|m| match m {
-            Mail::App(m) => m,
-            _ => unreachable!("send returns the mail it was given"),
-        })
+        self.shared.post(to, mail)
     }
 
     /// Move a connection to loop `to` at the end of this pass. No further

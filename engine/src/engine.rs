@@ -23,6 +23,33 @@ pub struct Engine<M: Send + 'static> {
     local_addrs: Vec<SocketAddr>,
 }
 
+/// Posts mail to an engine's loops from any thread.
+#[derive(Debug)]
+pub struct Poster<M: Send + 'static> {
+    shared: Arc<Shared<M>>,
+}
+
+impl<M: Send + 'static> Clone for Poster<M> {
+    fn clone(&self) -> Self {
+        Poster {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<M: Send + 'static> Poster<M> {
+    /// Send mail to loop `to`. Fails, handing it back, if the mailbox is
+    /// full or the loop has stopped.
+    pub fn post(&self, to: usize, mail: M) -> Result<(), M> {
+        self.shared.post(to, mail)
+    }
+
+    /// Number of loops.
+    pub fn loop_count(&self) -> usize {
+        self.shared.mailboxes.len()
+    }
+}
+
 /// Create a listening socket. With `reuse_port`, several sockets may bind the
 /// same address and the kernel spreads connections over them.
 pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
@@ -190,13 +217,15 @@ impl<M: Send + 'static> Engine<M> {
     /// Send mail to loop `to`. Fails, handing it back, if the mailbox is full
     /// or the loop has stopped.
     pub fn post(&self, to: usize, mail: M) -> Result<(), M> {
-        let Some(mb) = self.shared.mailboxes.get(to) else {
-            return Err(mail);
-        };
-        mb.send(Mail::App(mail)).map_err(|m| match m {
-            Mail::App(m) => m,
-            _ => unreachable!("send returns the mail it was given"),
-        })
+        self.shared.post(to, mail)
+    }
+
+    /// A cloneable handle that posts mail to the loops from any thread (for
+    /// example a disk worker reporting back).
+    pub fn poster(&self) -> Poster<M> {
+        Poster {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Every loop's counters.

@@ -71,3 +71,17 @@ pub(crate) struct Shared<M> {
     pub(crate) mailboxes: Vec<Mailbox<M>>,
     pub(crate) stats: Vec<Arc<LoopStats>>,
 }
+
+impl<M> Shared<M> {
+    /// Application mail to loop `to`; hands it back if the mailbox is full,
+    /// the loop has stopped or `to` is out of range.
+    pub(crate) fn post(&self, to: usize, mail: M) -> Result<(), M> {
+        let Some(mb) = self.mailboxes.get(to) else {
+            return Err(mail);
+        };
+        mb.send(Mail::App(mail)).map_err(|m| match m {
+            Mail::App(m) => m,
+            _ => unreachable!("send returns the mail it was given"),
+        })
+    }
+}
