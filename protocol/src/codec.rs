@@ -4,20 +4,21 @@
 //! integers (see `docs/protocol.md` for the exact byte rules). It is fixed for
 //! protocol version 1; changing it is a new protocol version.
 //!
-//! Decoding never allocates much more than the frame could hold. bincode
-//! allocates a string's claimed length before reading it, so a garbage length
-//! could ask for far more memory than the frame carries. We therefore decode
-//! under a byte limit chosen from the body's own size class (4 KiB, 64 KiB,
-//! 1 MiB, 16 MiB): any claimed length beyond the limit fails with
-//! [`DecodeError::Truncated`] before a buffer is allocated for it. bincode's
+//! Decoding allocates in proportion to the frame, never to a length the frame
+//! merely claims. bincode allocates a string's claimed length before reading
+//! it, so we decode under a byte limit chosen from the body's own size class
+//! (4 KiB, 64 KiB, 1 MiB, 16 MiB): a claim beyond the limit fails with
+//! [`DecodeError::Truncated`] before anything is allocated for it. bincode's
 //! limit counts *in-memory* sizes, not wire bytes (a one-byte varint `u64` or
 //! length claims 8), so the limit is [`CLAIM_FACTOR`] times the class: a valid
-//! body of `n` bytes never claims more than `8 * n`. Byte vectors are decoded
-//! through `deserialize_bytes` (checked against the bytes actually left, no
-//! allocation before that) and other vectors preallocate at most 4 KiB
-//! whatever count they claim ([`bounded_vec`]), instead of serde's default of
-//! up to 1 MiB. Trailing bytes after the last field are an error too, so every
-//! frame has at most one decoding.
+//! body of `n` bytes never claims more than `8 * n`, and a lying string costs
+//! at most 8 times the class (32 KiB for bodies up to 4 KiB). Byte vectors are
+//! decoded through `deserialize_bytes` (checked against the bytes actually
+//! left, no allocation before that), and other vectors preallocate at most
+//! 4 KiB whatever count they claim (`bounded_vec`) instead of serde's 1 MiB.
+//! Trailing bytes after the last field are an error too, so a frame has at
+//! most one decoding (the decoder accepts non-minimal varints, so a message
+//! may have several encodings; encoders write the shortest).
 
 use crate::frame::FRAME_HEADER_LEN;
 use crate::message::MessageType;
