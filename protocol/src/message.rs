@@ -51,7 +51,7 @@ macro_rules! messages {
         }
 
         /// Any message, owned.
-        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq)]
         pub enum Message {
             $($(#[$doc])* $name($name),)*
         }
