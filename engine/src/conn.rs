@@ -69,6 +69,8 @@ pub(crate) struct Conn {
     pub(crate) moving: bool,
     /// The peer closed its side; dispatch what is buffered, then close.
     pub(crate) eof: bool,
+    /// The challenge sent in this (accepted) connection's Welcome.
+    pub(crate) challenge: Option<[u8; 16]>,
 }
 
 impl Conn {
@@ -90,4 +92,5 @@ pub(crate) struct Transfer {
     pub(crate) opened_at: Instant,
     pub(crate) last_rx: Instant,
     pub(crate) eof: bool,
+    pub(crate) challenge: Option<[u8; 16]>,
 }

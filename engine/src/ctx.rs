@@ -9,7 +9,7 @@ use crate::timer::{TimerId, TimerKind, Timers};
 use bytes::{Bytes, BytesMut};
 use elko_protocol::codec::{encode_frame, Body, EncodeError};
 use elko_protocol::{
-    ErrorFrame, FrameDecoder, Hello, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ErrorFrame, FrameDecoder, Hello, Message, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
@@ -154,6 +154,13 @@ impl<M: Send + 'static> Ctx<M> {
             .and_then(|s| self.conns[s].listener.map(usize::from))
     }
 
+    /// The 16-byte challenge this engine sent in the connection's Welcome
+    /// (`None` for an outbound connection or before the handshake). A
+    /// director checks a context server's Register proof against it.
+    pub fn challenge(&self, id: ConnId) -> Option<[u8; 16]> {
+        self.slot_of(id).and_then(|s| self.conns[s].challenge)
+    }
+
     /// Bytes queued to the connection and not yet written.
     pub fn queued_bytes(&self, id: ConnId) -> Option<usize> {
         self.slot_of(id).map(|s| self.conns[s].out.len())
@@ -209,6 +216,26 @@ impl<M: Send + 'static> Ctx<M> {
         }
         match self.encode(body) {
             Ok(frame) => self.send(id, frame),
+            Err(e) => {
+                tracing::error!(conn = ?id, error = %e, "message did not encode; not sent");
+                false
+            }
+        }
+    }
+
+    /// Encode and queue any message given as the [`Message`] enum.
+    pub fn send_message(&mut self, id: ConnId, msg: &Message) -> bool {
+        if self.slot_of(id).is_none() {
+            return false;
+        }
+        if self.arena.capacity() - self.arena.len() < 1024 {
+            self.arena.reserve(ARENA_CHUNK);
+        }
+        match msg.encode(&mut self.arena) {
+            Ok(_) => {
+                let frame = self.arena.split().freeze();
+                self.send(id, frame)
+            }
             Err(e) => {
                 tracing::error!(conn = ?id, error = %e, "message did not encode; not sent");
                 false
@@ -382,6 +409,7 @@ impl<M: Send + 'static> Ctx<M> {
             closing: None,
             moving: false,
             eof: false,
+            challenge: None,
         });
         LoopStats::add(&self.stats.connections, 1);
         Ok(id)

@@ -327,6 +327,7 @@ impl<H: Handler> EventLoop<H> {
                 let conn = &mut self.cx.conns[slot];
                 conn.phase = Phase::Established;
                 conn.decoder.set_max_frame(max_frame);
+                conn.challenge = Some(welcome.challenge);
                 self.cx.send_msg(id, &welcome);
                 self.handler.on_hello(&mut self.cx, id, &hello);
             }
@@ -530,6 +531,7 @@ impl<H: Handler> EventLoop<H> {
                 c.opened_at = t.opened_at;
                 c.last_rx = t.last_rx;
                 c.eof = t.eof;
+                c.challenge = t.challenge;
                 LoopStats::add(&self.cx.stats.accepted, 1);
                 self.handler.on_adopt(&mut self.cx, id, mail);
                 if self.cx.conns.contains(slot) {
@@ -743,6 +745,7 @@ impl<H: Handler> EventLoop<H> {
             opened_at: conn.opened_at,
             last_rx: conn.last_rx,
             eof: conn.eof,
+            challenge: conn.challenge,
         };
         if let Err(Mail::Adopt(t, _)) =
             self.cx.shared.mailboxes[to].send(Mail::Adopt(Box::new(t), mail))
