@@ -1,0 +1,421 @@
+//! End to end: real `elko-director` and `elko-contextd` processes on
+//! 127.0.0.1, ports chosen by the kernel, every wait bounded.
+
+mod support;
+
+use elko_cluster::{ClusterSecret, TokenClaims, TokenIssuer};
+use elko_protocol::{AppMessage, ErrorCode, Exit, Message, ReEnterReason};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::*;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+fn dev_issuer() -> TokenIssuer {
+    TokenIssuer::new(ClusterSecret::development(), 30_000)
+}
+
+/// Context directories in a checkpoint dir (one per context ever activated).
+fn context_dirs(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Generation files of the only/each context, newest last.
+fn generations(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for d in std::fs::read_dir(dir).expect("dir").filter_map(Result::ok) {
+        if d.path().is_dir() {
+            for f in std::fs::read_dir(d.path())
+                .expect("ctx dir")
+                .filter_map(Result::ok)
+            {
+                if f.path().extension().is_some_and(|e| e == "ckpt") {
+                    v.push(f.path());
+                }
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn enter_say_join_leave_and_history_through_director_and_contextd() {
+    let dir = TempDir::new("flow");
+    let d = start_director(100);
+    let _c = start_contextd(&[&d], &dir.0, "cd-flow", &[]);
+    let mut alice = wait_for(Duration::from_secs(10), "a registered contextd", || {
+        let (addr, tok) = match std::panic::catch_unwind(|| ask(d.clients, "alice", "room/1")) {
+            Ok(v) => v,
+            Err(_) => return None,
+        };
+        Member::enter_at(addr, "alice", "room/1", tok).ok()
+    });
+    assert_eq!(alice.snapshot.members, vec!["alice".to_string()]);
+    assert_eq!(alice.snapshot.app, "chat");
+    let mut bob = Member::enter(d.clients, "bob", "room/1");
+    let mut members = bob.snapshot.members.clone();
+    members.sort();
+    assert_eq!(members, vec!["alice".to_string(), "bob".to_string()]);
+    match alice.next() {
+        Message::Joined(j) => assert_eq!(j.user, "bob"),
+        other => panic!("expected Joined, got {other:?}"),
+    }
+    bob.say("hi");
+    alice.say("yo");
+    let a = alice.said(2);
+    let b = bob.said(2);
+    assert_eq!(a, b, "every member sees every utterance in the same order");
+    assert_eq!(a[0].0 + 1, a[1].0, "context_seq increases by one");
+    bob.conn.send(&Exit {});
+    assert!(bob.conn.recv().is_none(), "server closes after Exit");
+    match alice.next() {
+        Message::Left(l) => assert_eq!(l.user, "bob"),
+        other => panic!("expected Left, got {other:?}"),
+    }
+    let carol = Member::enter(d.clients, "carol", "room/1");
+    let texts: Vec<&str> = carol
+        .snapshot
+        .history
+        .iter()
+        .map(|h| h.text.as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        a.iter().map(|x| x.2.as_str()).collect::<Vec<_>>(),
+        "history in the snapshot"
+    );
+
+    // Enter where a user is (the director learns of carol asynchronously).
+    let r = wait_for(
+        Duration::from_secs(5),
+        "the director to learn where carol is",
+        || match ask_where(d.clients, "dave", "carol") {
+            Message::Redirect(r) => Some(r),
+            Message::Denied(x) if x.code == ErrorCode::NO_SUCH_USER => None,
+            other => panic!("expected Redirect, got {other:?}"),
+        },
+    );
+    assert_eq!(r.context, "room/1");
+    match ask_where(d.clients, "dave", "nobody") {
+        Message::Denied(x) => assert_eq!(x.code, ErrorCode::NO_SUCH_USER),
+        other => panic!("expected Denied, got {other:?}"),
+    }
+}
+
+/// Wait until `context` is unloaded: its lock file is released (empty).
+fn wait_unloaded(dir: &Path) {
+    wait_for(Duration::from_secs(10), "unload (lock released)", || {
+        let mut any = false;
+        for d in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+            let lock = d.path().join("holder.lock");
+            if lock.exists() {
+                any = true;
+                if std::fs::metadata(&lock).ok()?.len() != 0 {
+                    return None;
+                }
+            }
+        }
+        any.then_some(())
+    });
+}
+
+#[test]
+fn unload_and_reactivation_keep_history_and_corrupt_generations_are_refused() {
+    let dir = TempDir::new("unload");
+    let d = start_director(100);
+    let c = start_contextd(&[&d], &dir.0, "cd-unload", &[]);
+    let enter = |user: &str| {
+        wait_for(Duration::from_secs(10), "entry", || {
+            let (addr, tok) = std::panic::catch_unwind(|| ask(d.clients, user, "room/h")).ok()?;
+            Member::enter_at(addr, user, "room/h", tok).ok()
+        })
+    };
+    let mut a = enter("ann");
+    a.say("one");
+    a.said(1);
+    a.conn.send(&Exit {});
+    assert!(a.conn.recv().is_none());
+    wait_unloaded(&dir.0);
+    let gens_after_one = generations(&dir.0);
+    assert!(
+        !gens_after_one.is_empty(),
+        "a checkpoint was written on unload"
+    );
+
+    let mut a = enter("ann");
+    assert_eq!(
+        a.snapshot
+            .history
+            .iter()
+            .map(|h| h.text.clone())
+            .collect::<Vec<_>>(),
+        vec!["one"]
+    );
+    a.say("two");
+    a.said(1);
+    a.conn.send(&Exit {});
+    assert!(a.conn.recv().is_none());
+    wait_unloaded(&dir.0);
+    // Now generation 1 holds ["one"] and generation 2 ["one", "two"].
+
+    // Stop the server, damage the newest generation, start again: the older
+    // generation loads, the damaged one is never used.
+    drop(c);
+    let gens = generations(&dir.0);
+    let newest = gens.last().expect("generations").clone();
+    let mut bytes = std::fs::read(&newest).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&newest, &bytes).expect("flip a bit");
+    let _c2 = start_contextd(&[&d], &dir.0, "cd-unload-2", &[]);
+    let a = enter("ann");
+    let h: Vec<String> = a.snapshot.history.iter().map(|h| h.text.clone()).collect();
+    assert_eq!(
+        h,
+        vec!["one"],
+        "the bit-flipped newest generation must not load; the older one does"
+    );
+    drop(a);
+    wait_unloaded(&dir.0);
+
+    // Torn: the newest generation cut short.
+    let gens = generations(&dir.0);
+    let newest = gens.last().expect("generations").clone();
+    let len = std::fs::metadata(&newest).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .expect("open")
+        .set_len(len / 2)
+        .expect("truncate");
+    let a = enter("ann");
+    let h: Vec<String> = a.snapshot.history.iter().map(|h| h.text.clone()).collect();
+    assert_eq!(h, vec!["one"], "the torn newest generation must not load");
+}
+
+#[test]
+fn token_attacks_are_refused_with_their_codes_and_activate_nothing() {
+    let dir = TempDir::new("tokens");
+    let d = start_director(100);
+    let c = start_contextd(&[&d], &dir.0, "cd-tokens", &[]);
+    let issuer = dev_issuer();
+
+    // Forged: signed with another secret.
+    let other = TokenIssuer::new(
+        ClusterSecret::from_bytes(vec![9; 32], "test").expect("secret"),
+        30_000,
+    );
+    let (forged, _) = other.issue("room/forged", "eve", now_ms());
+    let mut conn = Member::enter_at(c.addr, "eve", "room/forged", forged)
+        .err()
+        .flatten();
+    assert!(
+        matches!(conn.take(), Some(Message::ErrorFrame(e)) if e.code == ErrorCode::TOKEN_INVALID)
+    );
+
+    // Expired.
+    let claims = TokenClaims {
+        nonce: 7,
+        issued_at_ms: now_ms() - 120_000,
+        expires_at_ms: now_ms() - 60_000,
+        context: "room/expired".into(),
+        user: "eve".into(),
+    };
+    let r = Member::enter_at(c.addr, "eve", "room/expired", issuer.encode(&claims))
+        .err()
+        .flatten();
+    assert!(matches!(r, Some(Message::ErrorFrame(e)) if e.code == ErrorCode::TOKEN_EXPIRED));
+
+    // Wrong context.
+    let (tok, _) = issuer.issue("room/a", "eve", now_ms());
+    let r = Member::enter_at(c.addr, "eve", "room/b", tok)
+        .err()
+        .flatten();
+    assert!(matches!(r, Some(Message::ErrorFrame(e)) if e.code == ErrorCode::TOKEN_WRONG_CONTEXT));
+
+    // Wrong user.
+    let (tok, _) = issuer.issue("room/a", "eve", now_ms());
+    let r = Member::enter_at(c.addr, "mallory", "room/a", tok)
+        .err()
+        .flatten();
+    assert!(matches!(r, Some(Message::ErrorFrame(e)) if e.code == ErrorCode::TOKEN_WRONG_CONTEXT));
+
+    // Garbage.
+    let r = Member::enter_at(c.addr, "eve", "room/a", vec![1, 2, 3])
+        .err()
+        .flatten();
+    assert!(matches!(r, Some(Message::ErrorFrame(e)) if e.code == ErrorCode::TOKEN_INVALID));
+
+    assert_eq!(
+        context_dirs(&dir.0),
+        0,
+        "no refused token activated anything"
+    );
+
+    // A valid token the director never saw: the context server activates
+    // the context itself and admits the client (the early-arrival race).
+    let (tok, _) = issuer.issue("room/direct", "eve", now_ms());
+    let m =
+        Member::enter_at(c.addr, "eve", "room/direct", tok.clone()).expect("valid token admitted");
+    assert_eq!(m.snapshot.members, vec!["eve".to_string()]);
+    // Replayed.
+    let r = Member::enter_at(c.addr, "eve", "room/direct", tok)
+        .err()
+        .flatten();
+    assert!(matches!(r, Some(Message::ErrorFrame(e)) if e.code == ErrorCode::TOKEN_REPLAYED));
+    assert_eq!(context_dirs(&dir.0), 1);
+}
+
+#[test]
+fn a_killed_contextd_s_contexts_reactivate_elsewhere_from_their_checkpoint() {
+    let dir = TempDir::new("kill");
+    let d = start_director(100);
+    let fast = ["--checkpoint-interval-ms", "100"];
+    let a = start_contextd(&[&d], &dir.0, "cd-a", &fast);
+    let b = start_contextd(&[&d], &dir.0, "cd-b", &fast);
+    let mut procs = vec![a, b];
+    let mut m = wait_for(Duration::from_secs(10), "entry", || {
+        let (addr, tok) = std::panic::catch_unwind(|| ask(d.clients, "kim", "room/k")).ok()?;
+        Member::enter_at(addr, "kim", "room/k", tok).ok()
+    });
+    let host = m.conn.stream.peer_addr().expect("peer");
+    for t in ["a", "b", "c"] {
+        m.say(t);
+    }
+    m.said(3);
+    // Let the periodic checkpoint run.
+    std::thread::sleep(Duration::from_millis(600));
+    let victim = procs
+        .iter()
+        .position(|p| p.addr == host)
+        .expect("host is one of ours");
+    let mut killed = procs.remove(victim);
+    killed.proc.child.kill().expect("SIGKILL");
+    let _ = killed.proc.child.wait();
+    assert!(
+        m.conn.recv().is_none(),
+        "the member's connection died with its server"
+    );
+    let survivor = procs[0].addr;
+    let m2 = wait_for(
+        Duration::from_secs(10),
+        "reactivation on the survivor",
+        || {
+            let (addr, tok) = std::panic::catch_unwind(|| ask(d.clients, "kim", "room/k")).ok()?;
+            if addr != survivor {
+                return None; // the director has not declared the dead one yet
+            }
+            Member::enter_at(addr, "kim", "room/k", tok).ok()
+        },
+    );
+    let h: Vec<String> = m2.snapshot.history.iter().map(|h| h.text.clone()).collect();
+    assert_eq!(h, vec!["a", "b", "c"], "resumed from the last checkpoint");
+}
+
+#[test]
+fn two_hundred_clients_through_two_directors_meet_in_one_instance() {
+    let dir = TempDir::new("race");
+    let d1 = start_director(100);
+    let d2 = start_director(100);
+    let _a = start_contextd(&[&d1, &d2], &dir.0, "cd-r1", &[]);
+    let _b = start_contextd(&[&d1, &d2], &dir.0, "cd-r2", &[]);
+    // Both contextds registered with both directors.
+    std::thread::sleep(Duration::from_millis(500));
+    let dirs = [d1.clients, d2.clients];
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            let director = dirs[i % 2];
+            std::thread::spawn(move || {
+                let user = format!("u{i}");
+                for _attempt in 0..10 {
+                    let (addr, tok) = ask(director, &user, "room/race");
+                    match Member::enter_at(addr, &user, "room/race", tok) {
+                        Ok(m) => return m,
+                        Err(Some(Message::ReEnter(r))) => {
+                            assert_eq!(r.reason, ReEnterReason::MOVED);
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        Err(other) => panic!("{user}: entry refused: {other:?}"),
+                    }
+                }
+                panic!("{user}: no entry after 10 attempts");
+            })
+        })
+        .collect();
+    let mut members: Vec<Member> = handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect();
+    let hosts: std::collections::HashSet<_> = members
+        .iter()
+        .map(|m| m.conn.stream.peer_addr().expect("peer"))
+        .collect();
+    assert_eq!(
+        hosts.len(),
+        1,
+        "one instance of the context in the whole cluster"
+    );
+    // Everybody hears one utterance: they share the instance.
+    members[0].say("all here?");
+    for m in members.iter_mut() {
+        let got = m.said(1);
+        assert_eq!(got[0].2, "all here?");
+    }
+    assert_eq!(context_dirs(&dir.0), 1);
+}
+
+#[test]
+fn an_auction_closes_on_its_timer_with_nobody_present() {
+    let dir = TempDir::new("auction");
+    let d = start_director(100);
+    let _c = start_contextd(&[&d], &dir.0, "cd-auction", &[]);
+    let mut m = wait_for(Duration::from_secs(10), "entry", || {
+        let (addr, tok) =
+            std::panic::catch_unwind(|| ask(d.clients, "ann", "auction/vase")).ok()?;
+        Member::enter_at(addr, "ann", "auction/vase", tok).ok()
+    });
+    assert_eq!(m.snapshot.app, "auction");
+    m.conn.send(&AppMessage {
+        op: 1,
+        body: 400u64.to_le_bytes().to_vec(),
+    }); // OPEN 400 ms
+    m.conn.send(&AppMessage {
+        op: 2,
+        body: 25u64.to_le_bytes().to_vec(),
+    }); // BID 25
+    match m.next() {
+        Message::AppMessage(a) => assert_eq!(a.op, 3, "HIGH_BID"),
+        other => panic!("expected HIGH_BID, got {other:?}"),
+    }
+    m.conn.send(&Exit {});
+    assert!(m.conn.recv().is_none());
+    // Nobody is in the room when the timer fires; the context then unloads.
+    std::thread::sleep(Duration::from_millis(600));
+    wait_unloaded(&dir.0);
+    let m = Member::enter(d.clients, "bob", "auction/vase");
+    #[derive(serde::Deserialize, Debug)]
+    struct State {
+        _end_at_ms: u64,
+        highest: Option<(String, u64)>,
+        bids: u64,
+        closed: bool,
+    }
+    let (s, _): (State, usize) =
+        bincode::serde::decode_from_slice(&m.snapshot.state, elko_protocol::codec::CONFIG)
+            .expect("state decodes");
+    assert!(s.closed, "closed by its timer: {s:?}");
+    assert_eq!(s.highest, Some(("ann".to_string(), 25)));
+    assert_eq!(s.bids, 1);
+}
