@@ -60,6 +60,8 @@ pub struct HostConfig {
     pub report_interval: Duration,
     pub max_id_len: u16,
     pub max_text_len: u32,
+    /// Largest frame we may send (the limit announced in Welcome).
+    pub max_frame: u32,
 }
 
 /// Per-loop figures for load reports, written by the loop, read by loop 0.
@@ -197,6 +199,26 @@ impl std::fmt::Debug for Host {
 /// The loop that hosts `context`.
 pub fn home_of(context: &str, loops: usize) -> usize {
     crc32c::crc32c(context.as_bytes()) as usize % loops.max(1)
+}
+
+/// Trim a snapshot until its frame fits `max_frame`: oldest history first,
+/// then the member list (halving, so a huge room costs a few encodes). A
+/// client never receives a frame larger than the limit announced to it.
+fn fit_snapshot(mut snap: Snapshot, max_frame: usize) -> Snapshot {
+    let fits = |s: &Snapshot| {
+        elko_protocol::encode_frame_to_bytes(s).is_ok_and(|b| b.len() - 4 <= max_frame)
+    };
+    while !fits(&snap) {
+        if !snap.history.is_empty() {
+            let drop = snap.history.len().div_ceil(2);
+            snap.history.drain(..drop);
+        } else if snap.members.len() > 1 {
+            snap.members.truncate(snap.members.len().div_ceil(2));
+        } else {
+            break; // the app state alone is too large: send it; the client reports it
+        }
+    }
+    snap
 }
 
 fn now_ms() -> u64 {
@@ -430,9 +452,14 @@ impl Host {
         });
         let mut acx = AppCx::new(now_ms());
         a.app.on_enter(&mut acx, &user);
+        // The entering user first, so a trimmed list still names them.
         let mut members: Vec<String> = Vec::with_capacity(a.members.len());
+        members.push(user.clone());
+        let mut seen: std::collections::HashSet<&str> =
+            std::collections::HashSet::with_capacity(a.members.len());
+        seen.insert(&user);
         for m in &a.members {
-            if !members.contains(&m.user) {
+            if seen.insert(&m.user) {
                 members.push(m.user.clone());
             }
         }
@@ -443,6 +470,7 @@ impl Host {
             history: a.app.history(),
             state: a.app.snapshot_state(),
         };
+        let snap = fit_snapshot(snap, self.cfg.max_frame as usize);
         cx.send_msg(conn, &snap);
         if first_for_user {
             if let Ok(joined) = cx.encode(&Joined { user: user.clone() }) {
@@ -910,10 +938,9 @@ impl Host {
                 msgs.push(Message::ContextOpened(ContextOpened {
                     context: context.clone(),
                 }));
-                let mut seen: Vec<&str> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 for m in &a.members {
-                    if !seen.contains(&m.user.as_str()) {
-                        seen.push(&m.user);
+                    if seen.insert(m.user.as_str()) {
                         msgs.push(Message::UserEntered(UserEntered {
                             context: context.clone(),
                             user: m.user.clone(),
@@ -1235,5 +1262,48 @@ impl Handler for Host {
         if self.idx == 0 {
             self.send_to_links(cx, &Message::ShuttingDown(ShuttingDown {}));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use elko_protocol::HistoryEntry;
+
+    #[test]
+    fn oversize_snapshots_are_trimmed_to_the_frame_limit() {
+        let snap = Snapshot {
+            context: "room".into(),
+            app: "chat".into(),
+            members: (0..2000)
+                .map(|i| format!("user-with-a-long-name-{i}"))
+                .collect(),
+            history: (0..200)
+                .map(|i| HistoryEntry {
+                    context_seq: i,
+                    from: "x".into(),
+                    text: "y".repeat(200),
+                    at_ms: 0,
+                })
+                .collect(),
+            state: vec![],
+        };
+        let first = snap.members[0].clone();
+        let fitted = fit_snapshot(snap, 4096);
+        let len = elko_protocol::encode_frame_to_bytes(&fitted)
+            .expect("encodes")
+            .len()
+            - 4;
+        assert!(len <= 4096, "{len}");
+        assert!(fitted.history.is_empty());
+        assert_eq!(fitted.members[0], first, "the entering user stays");
+        let small = Snapshot {
+            context: "r".into(),
+            app: "chat".into(),
+            members: vec!["a".into()],
+            history: vec![],
+            state: vec![],
+        };
+        assert_eq!(fit_snapshot(small.clone(), 4096), small);
     }
 }

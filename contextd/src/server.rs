@@ -103,6 +103,7 @@ impl Server {
             report_interval: cfg.report_interval,
             max_id_len: ecfg.limits.max_id_len,
             max_text_len: ecfg.limits.max_text_len,
+            max_frame: ecfg.limits.max_frame,
         });
         let (dh, g) = (disk.clone(), gauges.clone());
         let engine = Engine::start(ecfg, Some(bound), move |i| {
