@@ -11,14 +11,18 @@ fn codec(c: &mut Criterion) {
     for m in sample_messages() {
         let len = m.to_bytes().expect("encodes").len();
         enc.throughput(Throughput::Bytes(len as u64));
-        enc.bench_with_input(BenchmarkId::from_parameter(m.message_type().name()), &m, |b, m| {
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            b.iter(|| {
-                buf.clear();
-                m.encode(&mut buf).expect("encodes");
-                black_box(buf.len())
-            })
-        });
+        enc.bench_with_input(
+            BenchmarkId::from_parameter(m.message_type().name()),
+            &m,
+            |b, m| {
+                let mut buf = BytesMut::with_capacity(64 * 1024);
+                b.iter(|| {
+                    buf.clear();
+                    m.encode(&mut buf).expect("encodes");
+                    black_box(buf.len())
+                })
+            },
+        );
     }
     enc.finish();
 
@@ -35,17 +39,33 @@ fn codec(c: &mut Criterion) {
     dec.finish();
 
     let mut hot = c.benchmark_group("hot_path");
-    let said = Said { context_seq: 99_999, from: "user-1234".into(), client_seq: 1234, sent_at_us: 1 << 33, text: "x".repeat(64) };
+    let said = Said {
+        context_seq: 99_999,
+        from: "user-1234".into(),
+        client_seq: 1234,
+        sent_at_us: 1 << 33,
+        text: "x".repeat(64),
+    };
     let bytes = encode_frame_to_bytes(&said).expect("encodes");
     let body = bytes.slice(5..);
     hot.throughput(Throughput::Elements(1));
     hot.bench_function("SaidRef decode (no allocation)", |b| {
-        b.iter(|| black_box(decode_body_borrowed::<SaidRef<'_>>(MessageType::Said, &body).expect("decodes")))
+        b.iter(|| {
+            black_box(
+                decode_body_borrowed::<SaidRef<'_>>(MessageType::Said, &body).expect("decodes"),
+            )
+        })
     });
     hot.bench_function("Said decode (owned)", |b| {
         b.iter(|| black_box(decode_body::<Said>(MessageType::Said, &body).expect("decodes")))
     });
-    let sref = SaidRef { context_seq: 99_999, from: "user-1234", client_seq: 1234, sent_at_us: 1 << 33, text: &said.text };
+    let sref = SaidRef {
+        context_seq: 99_999,
+        from: "user-1234",
+        client_seq: 1234,
+        sent_at_us: 1 << 33,
+        text: &said.text,
+    };
     hot.bench_function("SaidRef encode", |b| {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         b.iter(|| {

@@ -32,7 +32,9 @@ impl Handler for Server {
         self.conns.push(conn);
     }
     fn on_frame(&mut self, cx: &mut Ctx<Bytes>, _conn: ConnId, frame: Frame) {
-        let Ok(m) = frame.decode_owned::<AppMessage>(MessageType::AppMessage) else { return };
+        let Ok(m) = frame.decode_owned::<AppMessage>(MessageType::AppMessage) else {
+            return;
+        };
         let Ok(bytes) = cx.encode(&m) else { return };
         for &c in &self.conns {
             cx.send(c, bytes.clone());
@@ -97,7 +99,13 @@ impl Handler for Clients {
         }
     }
     fn on_frame(&mut self, cx: &mut Ctx<()>, _conn: ConnId, frame: Frame) {
-        let seq = u64::from_le_bytes(frame.body.get(2..10).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+        let seq = u64::from_le_bytes(
+            frame
+                .body
+                .get(2..10)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or([0; 8]),
+        );
         self.delivered.fetch_add(1, Ordering::Relaxed);
         let done = match self.counts.get_mut(&seq) {
             Some(c) => {
@@ -115,7 +123,11 @@ impl Handler for Clients {
 
 fn run(n: usize, server_loops: usize, secs: u64) {
     let server = Engine::start(
-        EngineConfig { loops: server_loops, server_id: "srv".into(), ..EngineConfig::default() },
+        EngineConfig {
+            loops: server_loops,
+            server_id: "srv".into(),
+            ..EngineConfig::default()
+        },
         Some("127.0.0.1:0".parse().expect("addr")),
         |_| Server { conns: Vec::new() },
     )
@@ -124,22 +136,58 @@ fn run(n: usize, server_loops: usize, secs: u64) {
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (d, s) = (delivered.clone(), stop.clone());
-    let client = Engine::start(EngineConfig { loops: 1, server_id: "cli".into(), ..EngineConfig::default() }, None, move |_| {
-        Clients { target, n, ready: 0, sender: None, next_seq: 0, counts: HashMap::new(), delivered: d.clone(), stop: s.clone() }
-    })
+    let client = Engine::start(
+        EngineConfig {
+            loops: 1,
+            server_id: "cli".into(),
+            ..EngineConfig::default()
+        },
+        None,
+        move |_| Clients {
+            target,
+            n,
+            ready: 0,
+            sender: None,
+            next_seq: 0,
+            counts: HashMap::new(),
+            delivered: d.clone(),
+            stop: s.clone(),
+        },
+    )
     .expect("clients");
     // Wait for the first deliveries (all connected), then measure.
     let t0 = Instant::now();
     while delivered.load(Ordering::Relaxed) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "no deliveries: setup failed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no deliveries: setup failed"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(300)); // warm-up
-    let (d0, c0, cc0, t) = (delivered.load(Ordering::Relaxed), threads_cpu_seconds("srv-loop"), threads_cpu_seconds("cli-loop"), Instant::now());
-    let writes0: u64 = server.stats().iter().map(|s| LoopStats::get(&s.writes)).sum();
+    let (d0, c0, cc0, t) = (
+        delivered.load(Ordering::Relaxed),
+        threads_cpu_seconds("srv-loop"),
+        threads_cpu_seconds("cli-loop"),
+        Instant::now(),
+    );
+    let writes0: u64 = server
+        .stats()
+        .iter()
+        .map(|s| LoopStats::get(&s.writes))
+        .sum();
     std::thread::sleep(Duration::from_secs(secs));
-    let (d1, c1, cc1, el) = (delivered.load(Ordering::Relaxed), threads_cpu_seconds("srv-loop"), threads_cpu_seconds("cli-loop"), t.elapsed());
-    let writes1: u64 = server.stats().iter().map(|s| LoopStats::get(&s.writes)).sum();
+    let (d1, c1, cc1, el) = (
+        delivered.load(Ordering::Relaxed),
+        threads_cpu_seconds("srv-loop"),
+        threads_cpu_seconds("cli-loop"),
+        t.elapsed(),
+    );
+    let writes1: u64 = server
+        .stats()
+        .iter()
+        .map(|s| LoopStats::get(&s.writes))
+        .sum();
     stop.store(true, Ordering::Relaxed);
     let deliveries = (d1 - d0) as f64;
     let rate = deliveries / el.as_secs_f64();
@@ -159,7 +207,10 @@ fn run(n: usize, server_loops: usize, secs: u64) {
 fn main() {
     // `cargo test --benches` runs bench targets with `--bench`-less args; keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let secs = std::env::var("FANOUT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(if quick { 1 } else { 3 });
+    let secs = std::env::var("FANOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 });
     let _ = elko_engine::raise_fd_limit(8192);
     for (n, loops) in [(40, 1), (40, 2), (1000, 1), (1000, 2)] {
         run(n, loops, secs);

@@ -24,11 +24,19 @@ fn main() {
         client_name: "spread".into(),
     })
     .expect("encodes");
-    println!("{:<10} {:>5} {:>12} {:>10} {:>10}  per-loop accepted", "mode", "loops", "accepts/s", "max-min", "stddev%");
+    println!(
+        "{:<10} {:>5} {:>12} {:>10} {:>10}  per-loop accepted",
+        "mode", "loops", "accepts/s", "max-min", "stddev%"
+    );
     for mode in [AcceptMode::ReusePort, AcceptMode::Single] {
         for loops in [2, 4] {
-            let cfg = EngineConfig { loops, accept_mode: mode, ..EngineConfig::default() };
-            let engine = Engine::start(cfg, Some("127.0.0.1:0".parse().expect("addr")), |_| Nop).expect("engine");
+            let cfg = EngineConfig {
+                loops,
+                accept_mode: mode,
+                ..EngineConfig::default()
+            };
+            let engine = Engine::start(cfg, Some("127.0.0.1:0".parse().expect("addr")), |_| Nop)
+                .expect("engine");
             let addr = engine.local_addr().expect("addr");
             let t = Instant::now();
             let mut socks = Vec::with_capacity(n);
@@ -37,12 +45,21 @@ fn main() {
                 s.write_all(&hello).expect("hello");
                 socks.push(s);
             }
-            let accepted = |e: &Engine<()>| e.stats().iter().map(|s| LoopStats::get(&s.accepted)).sum::<u64>();
+            let accepted = |e: &Engine<()>| {
+                e.stats()
+                    .iter()
+                    .map(|s| LoopStats::get(&s.accepted))
+                    .sum::<u64>()
+            };
             while accepted(&engine) < n as u64 && t.elapsed() < Duration::from_secs(20) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let rate = n as f64 / t.elapsed().as_secs_f64();
-            let per: Vec<u64> = engine.stats().iter().map(|s| LoopStats::get(&s.accepted)).collect();
+            let per: Vec<u64> = engine
+                .stats()
+                .iter()
+                .map(|s| LoopStats::get(&s.accepted))
+                .collect();
             let mean = n as f64 / loops as f64;
             let var = per.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / loops as f64;
             let spread = per.iter().max().unwrap_or(&0) - per.iter().min().unwrap_or(&0);
