@@ -24,11 +24,39 @@ pub fn bin_dir() -> PathBuf {
     deps.parent().expect("target profile dir").to_path_buf()
 }
 
+/// A workspace binary; built on first use if this test run has not built it
+/// (`cargo test -p one-package` builds only that package's binaries).
 pub fn bin(name: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
     let p = bin_dir().join(name);
+    if !p.exists() {
+        BUILD.call_once(|| {
+            let dir = bin_dir();
+            let release = dir.file_name().is_some_and(|n| n == "release");
+            let target = dir.parent().expect("target dir").to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "--bins",
+                "-p",
+                "elko-director",
+                "-p",
+                "elko-contextd",
+                "-p",
+                "elko-client",
+            ]);
+            cmd.env("CARGO_TARGET_DIR", &target);
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "building the workspace binaries failed");
+        });
+    }
     assert!(
         p.exists(),
-        "{} not built: run `cargo build --workspace` (cargo test --workspace builds it)",
+        "{} not built: run `cargo build --workspace`",
         p.display()
     );
     p
@@ -92,7 +120,7 @@ pub fn start_director(report_ms: u64) -> Director {
         "127.0.0.1:0",
     ])
     .args(["--report-interval-ms", &report_ms.to_string()])
-    .env("RUST_LOG", "warn");
+    .env("RUST_LOG", "error");
     let proc = spawn_with_line(cmd, "elko-director listening");
     let clients = field(&proc.line, "clients").parse().expect("addr");
     let providers = field(&proc.line, "providers").parse().expect("addr");
@@ -125,7 +153,7 @@ pub fn start_contextd(directors: &[&Director], dir: &Path, id: &str, extra: &[&s
     .arg(dir)
     .args(["--report-interval-ms", "100"])
     .args(extra)
-    .env("RUST_LOG", "warn");
+    .env("RUST_LOG", "error");
     let proc = spawn_with_line(cmd, "elko-contextd listening");
     let addr = field(&proc.line, "clients").parse().expect("addr");
     Contextd {
