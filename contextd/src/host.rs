@@ -1153,7 +1153,11 @@ impl Handler for Host {
 
     fn on_close(&mut self, cx: &mut Ctx<Mail>, conn: ConnId, reason: &CloseReason) {
         if let Some(i) = self.link_of(conn) {
-            tracing::warn!(director = %self.links[i].addr, %reason, "director link closed");
+            if cx.is_shutting_down() {
+                tracing::debug!(director = %self.links[i].addr, %reason, "director link closed");
+            } else {
+                tracing::warn!(director = %self.links[i].addr, %reason, "director link closed");
+            }
             return self.retry_link(cx, i);
         }
         match self.sessions.remove(&conn) {

@@ -1,0 +1,175 @@
+//! A small scenario through the full path (director, redirect, token,
+//! contextd) with the real server binaries: zero loss and the JSON keys.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_elko-loadgen"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf()
+}
+
+/// `cargo test -p elko-loadgen` alone does not build the servers: build them.
+fn ensure_servers(dir: &Path) {
+    if dir.join("elko-director").exists() && dir.join("elko-contextd").exists() {
+        return;
+    }
+    let target = dir.parent().expect("target dir");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args([
+        "build",
+        "--bins",
+        "-p",
+        "elko-director",
+        "-p",
+        "elko-contextd",
+    ])
+    .env("CARGO_TARGET_DIR", target);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().expect("cargo build").success(),
+        "building the servers failed"
+    );
+}
+
+#[test]
+fn two_hundred_clients_ten_rooms_lose_nothing() {
+    let dir = bin_dir();
+    ensure_servers(&dir);
+    let json = std::env::temp_dir().join(format!("elko-loadgen-test-{}.json", std::process::id()));
+    let csv = json.with_extension("csv");
+    let svg = json.with_extension("svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
+        .args([
+            "chat",
+            "--clients",
+            "200",
+            "--rooms",
+            "10",
+            "--interval",
+            "0.5",
+            "--duration",
+            "5",
+            "--ramp",
+            "2",
+        ])
+        .arg("--bin-dir")
+        .arg(&dir)
+        .arg("--json")
+        .arg(&json)
+        .arg("--csv")
+        .arg(&csv)
+        .arg("--plot")
+        .arg(&svg)
+        .args(["--threshold", "loss<=0"])
+        .output()
+        .expect("run elko-loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
+    for key in [
+        "scenario",
+        "target",
+        "clients_connected",
+        "rooms",
+        "duration_s",
+        "utterances_sent",
+        "deliveries_expected",
+        "deliveries_received",
+        "lost",
+        "duplicates",
+        "out_of_order",
+        "latency_us",
+        "latency_uncorrected_us",
+        "server",
+        "loadgen_cpu_percent_of_core",
+        "errors",
+        "git_sha",
+    ] {
+        assert!(v.get(key).is_some(), "JSON lacks {key}");
+    }
+    for p in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(v["latency_us"][p].as_u64().is_some(), "latency_us.{p}");
+        assert!(
+            v["latency_uncorrected_us"][p].as_u64().is_some(),
+            "latency_uncorrected_us.{p}"
+        );
+    }
+    assert!(v["server"]["cpu_percent_of_core"].as_f64().is_some());
+    assert_eq!(
+        v["server"]["processes"].as_array().map(Vec::len),
+        Some(2),
+        "director + contextd"
+    );
+    assert_eq!(v["clients_connected"], 200);
+    assert_eq!(v["lost"], 0);
+    assert_eq!(v["duplicates"], 0);
+    assert_eq!(v["out_of_order"], 0);
+    let expected = v["deliveries_expected"].as_u64().expect("number");
+    // 200 clients at 2 utterances/s for 5 s, each heard by its 20 room members.
+    assert!(expected > 30_000, "expected deliveries {expected}");
+    assert_eq!(v["deliveries_received"].as_u64(), Some(expected));
+    let csv = std::fs::read_to_string(&csv).expect("csv written");
+    assert!(csv.starts_with("t_s,phase,connected,"));
+    assert!(csv.lines().count() >= 8, "one row per second");
+    let svg = std::fs::read_to_string(&svg).expect("svg written");
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+    assert!(
+        stdout.contains("2002 (2x400 MHz SPARC)"),
+        "summary beside 2002:\n{stdout}"
+    );
+    for f in [
+        json.clone(),
+        json.with_extension("csv"),
+        json.with_extension("svg"),
+    ] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[test]
+fn a_breached_threshold_fails_the_run_and_a_bad_one_is_refused() {
+    let dir = bin_dir();
+    ensure_servers(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
+        .args([
+            "chat",
+            "--clients",
+            "20",
+            "--rooms",
+            "2",
+            "--interval",
+            "0.2",
+            "--duration",
+            "1",
+            "--ramp",
+            "0.5",
+        ])
+        .arg("--bin-dir")
+        .arg(&dir)
+        .args(["--threshold", "p50<1us"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("BREACHED"));
+    let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
+        .args(["chat", "--threshold", "p99>5ms"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+}
