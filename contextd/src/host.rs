@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use slab::Slab;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,8 +109,15 @@ struct Envelope {
 #[derive(Debug)]
 enum Session {
     AwaitEnter,
-    Waiting { context: String },
-    Entered { context: String, user: String },
+    Waiting {
+        context: String,
+    },
+    /// Shared strings: every frame of the session looks them up, and a
+    /// clone must not allocate.
+    Entered {
+        context: Rc<str>,
+        user: Rc<str>,
+    },
 }
 
 #[derive(Debug)]
@@ -482,8 +490,8 @@ impl Host {
         self.sessions.insert(
             conn,
             Session::Entered {
-                context: context.to_string(),
-                user: user.clone(),
+                context: Rc::from(context),
+                user: Rc::from(user.as_str()),
             },
         );
         self.apply(cx, context, acx);

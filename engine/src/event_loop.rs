@@ -176,6 +176,11 @@ impl<H: Handler> EventLoop<H> {
         let limits = &self.cx.cfg.limits;
         let mut frames_left = limits.frame_budget;
         let mut bytes_left = limits.read_budget;
+        // A read that returns less than asked has emptied the socket buffer:
+        // with edge-triggered epoll any later data raises a new event, so
+        // the usual extra read that only returns EAGAIN is skipped (one
+        // syscall saved per readable connection per pass).
+        let mut drained = false;
         loop {
             // Dispatch what is buffered first.
             loop {
@@ -208,6 +213,10 @@ impl<H: Handler> EventLoop<H> {
                 self.cx.close_slot(slot, CloseReason::PeerClosed);
                 return;
             }
+            if drained {
+                conn.decoder.shrink_if_idle();
+                return;
+            }
             if bytes_left == 0 {
                 self.cx.mark_read_again(slot);
                 return;
@@ -216,6 +225,7 @@ impl<H: Handler> EventLoop<H> {
             match conn.stream.read(&mut self.scratch[..want]) {
                 Ok(0) => conn.eof = true,
                 Ok(n) => {
+                    drained = n < want;
                     bytes_left -= n;
                     conn.last_rx = self.cx.now;
                     conn.decoder.extend(&self.scratch[..n]);

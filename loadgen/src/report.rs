@@ -69,7 +69,9 @@ pub struct MaxStep {
     pub utterances_per_s_target: f64,
     pub deliveries_per_s: f64,
     pub p99_us: u64,
-    pub lost: u64,
+    /// Deliveries of the step's utterances not yet received when the step
+    /// ended (in flight, not lost: losses are counted for the whole run).
+    pub in_flight_at_step_end: u64,
 }
 
 /// Everything measured.
@@ -241,11 +243,11 @@ impl Report {
             for st in &self.max_steps {
                 let _ = writeln!(
                     o,
-                    "  target {:>9.0} utt/s  -> {:>10.0} deliveries/s  p99 {:>10}  lost {}",
+                    "  target {:>9.0} utt/s  -> {:>10.0} deliveries/s  p99 {:>10}  in flight at step end {}",
                     st.utterances_per_s_target,
                     st.deliveries_per_s,
                     ms(st.p99_us),
-                    st.lost
+                    st.in_flight_at_step_end
                 );
             }
         }

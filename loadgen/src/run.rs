@@ -235,7 +235,7 @@ pub fn run(s: &Scenario, target: Target) -> Result<Report, RunError> {
             let exp = shared.expected_window.load(Relaxed);
             let got = shared.received_window.load(Relaxed);
             let deliveries = (recv - step_start.1) as f64 / secs;
-            let lost = (exp - step_start.2).saturating_sub(got - step_start.3);
+            let in_flight = (exp - step_start.2).saturating_sub(got - step_start.3);
             let p99 = if step_hist.is_empty() {
                 u64::MAX
             } else {
@@ -246,7 +246,7 @@ pub fn run(s: &Scenario, target: Target) -> Result<Report, RunError> {
                 utterances_per_s_target: s.clients as f64 * 1e6 / mean as f64,
                 deliveries_per_s: deliveries,
                 p99_us: p99,
-                lost,
+                in_flight_at_step_end: in_flight,
             });
             if p99 > 100_000 {
                 stepping_stopped = true;
