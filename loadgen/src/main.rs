@@ -52,7 +52,7 @@ struct ChatArgs {
     /// Random seed (utterance schedule).
     #[arg(long)]
     seed: Option<u64>,
-    /// Event loops of the started contextd (0 = one per core).
+    /// Event loops of the started contextd [default: the cores the generator's loops leave free, at least 1].
     #[arg(long)]
     workers: Option<usize>,
     /// Context servers to start.
