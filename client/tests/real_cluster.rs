@@ -1,5 +1,7 @@
-//! The client library and `elko-chat` against real director and context
-//! server processes on 127.0.0.1.
+//! The client library and `elko-chat` against real `elko-director` and
+//! `elko-contextd` processes on 127.0.0.1 (built on first use). The fake
+//! servers of `fake_cluster.rs` check the client's side of each rule; these
+//! check that it agrees with the real servers.
 
 #[path = "../../contextd/tests/support/mod.rs"]
 mod support;
@@ -69,10 +71,14 @@ fn the_library_enters_talks_follows_users_and_reports_denials() {
             None => panic!("no Left for bob"),
         }
     }
-    match client(&d).enter("", "room/lib") {
-        Err(ClientError::Denied { code, .. }) => assert_eq!(code, ErrorCode::INVALID_ID),
+    match client(&d).enter_where("dave", "nobody-here") {
+        Err(ClientError::Denied { code, .. }) => assert_eq!(code, ErrorCode::NO_SUCH_USER),
         other => panic!("expected a denial, got {other:?}"),
     }
+    assert!(matches!(
+        client(&d).enter("", "room/lib"),
+        Err(ClientError::InvalidId { .. })
+    ));
 }
 
 #[test]
@@ -104,8 +110,8 @@ fn a_shutdown_sends_the_client_back_through_the_director_to_another_server() {
         .next_event(Some(Duration::from_secs(10)))
         .expect("session survives")
     {
-        Some(Event::ReEntered(snap)) => {
-            let h: Vec<&str> = snap.history.iter().map(|h| h.text.as_str()).collect();
+        Some(Event::ReEntered { snapshot, .. }) => {
+            let h: Vec<&str> = snapshot.history.iter().map(|h| h.text.as_str()).collect();
             assert_eq!(h, vec!["before"], "history survives the move");
         }
         other => panic!("expected ReEntered, got {other:?}"),
