@@ -117,7 +117,7 @@ impl<H: Handler> EventLoop<H> {
             for slot in again {
                 if let Some(c) = self.cx.conns.get_mut(slot) {
                     c.read_again = false;
-                    self.read_conn(slot);
+                    self.read_conn(slot, false);
                 }
             }
 
@@ -146,7 +146,10 @@ impl<H: Handler> EventLoop<H> {
                             }
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read_conn(slot);
+                            // With the peer's FIN already reported, a short
+                            // read is not the end: the EOF read must follow.
+                            let fin_seen = ev.is_read_closed() || ev.is_error();
+                            self.read_conn(slot, !fin_seen);
                         }
                     }
                 }
@@ -172,14 +175,19 @@ impl<H: Handler> EventLoop<H> {
 
     // ---- reading and dispatch -------------------------------------------------
 
-    fn read_conn(&mut self, slot: usize) {
+    /// Read and dispatch. `short_read_drains`: a short read may be taken as
+    /// "socket empty" (true only for a fresh readiness event without FIN).
+    fn read_conn(&mut self, slot: usize, short_read_drains: bool) {
         let limits = &self.cx.cfg.limits;
         let mut frames_left = limits.frame_budget;
         let mut bytes_left = limits.read_budget;
         // A read that returns less than asked has emptied the socket buffer:
         // with edge-triggered epoll any later data raises a new event, so
         // the usual extra read that only returns EAGAIN is skipped (one
-        // syscall saved per readable connection per pass).
+        // syscall saved per readable connection per pass). Not so when the
+        // event already carried the FIN (data and FIN arrived together: no
+        // new event will come for the FIN), nor on a pass that resumes a
+        // connection whose event was consumed earlier.
         let mut drained = false;
         loop {
             // Dispatch what is buffered first.
@@ -225,7 +233,7 @@ impl<H: Handler> EventLoop<H> {
             match conn.stream.read(&mut self.scratch[..want]) {
                 Ok(0) => conn.eof = true,
                 Ok(n) => {
-                    drained = n < want;
+                    drained = short_read_drains && n < want;
                     bytes_left -= n;
                     conn.last_rx = self.cx.now;
                     conn.decoder.extend(&self.scratch[..n]);
