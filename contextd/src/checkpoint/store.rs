@@ -15,7 +15,8 @@ use super::{CheckpointError, CorruptReason};
 
 /// Verified generations kept per context after a save.
 pub const DEFAULT_KEEP: usize = 2;
-/// How many times a save retries when other writers take its generation number.
+/// How many times a save retries (after a random pause of up to `attempt + 1` ms) when other
+/// writers take its generation number.
 const PUBLISH_ATTEMPTS: u32 = 16;
 /// How many times a load re-lists a directory whose files vanish under it.
 const LOAD_ATTEMPTS: u32 = 8;
@@ -41,8 +42,12 @@ pub struct CheckpointStats {
     pub saved: AtomicU64,
     /// Checkpoints loaded.
     pub loaded: AtomicU64,
-    /// Torn or corrupt generations found and skipped.
+    /// Torn or corrupt generations found and skipped by `load`.
     pub corrupt_skipped: AtomicU64,
+    /// Old generations deleted by pruning.
+    pub pruned: AtomicU64,
+    /// Temp files of crashed writers deleted.
+    pub stale_temps_removed: AtomicU64,
 }
 
 /// Checkpoints of many contexts under one directory, shareable between processes.
@@ -92,7 +97,7 @@ impl CheckpointStore {
         context_id_len(context_id)?;
         let dir = self.context_dir(context_id);
         ensure_dir(&dir)?;
-        for _ in 0..PUBLISH_ATTEMPTS {
+        for attempt in 0..PUBLISH_ATTEMPTS {
             let listing = scan(&dir).map_err(|source| CheckpointError::ListDir {
                 path: dir.clone(),
                 source,
@@ -119,6 +124,10 @@ impl CheckpointStore {
                 }
                 Publish::NameTaken => {
                     let _ = std::fs::remove_file(&temp);
+                    // Writers saving in lockstep would keep picking the same next number;
+                    // a random pause desynchronizes them so one of them gets ahead.
+                    let pause_us = rand::random::<u64>() % (1_000 * (u64::from(attempt) + 1));
+                    std::thread::sleep(Duration::from_micros(pause_us));
                 }
             }
         }
@@ -172,17 +181,20 @@ impl CheckpointStore {
 
     /// Generations on disk for `context_id`, newest first (verified or not).
     pub fn list_generations(&self, context_id: &str) -> Result<Vec<Generation>, CheckpointError> {
+        context_id_len(context_id)?;
         let dir = self.context_dir(context_id);
         scan(&dir)
             .map(|s| s.generations)
             .map_err(|source| CheckpointError::ListDir { path: dir, source })
     }
 
-    /// Delete every checkpoint of `context_id`.
+    /// Delete every checkpoint of `context_id` (none is not an error). Do not race it with a
+    /// `save` of the same context: the save may recreate the directory.
     pub fn remove(&self, context_id: &str) -> Result<(), CheckpointError> {
+        context_id_len(context_id)?;
         let dir = self.context_dir(context_id);
         match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
+            Ok(()) => sync_dir(&self.root),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(CheckpointError::Remove { path: dir, source }),
         }
@@ -197,8 +209,13 @@ impl CheckpointStore {
         for generation in listing.generations {
             let path = dir.join(generation_file_name(generation));
             if verified >= self.keep {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::debug!(file = %path.display(), error = %e, "could not prune old generation");
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        self.stats.pruned.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::debug!(file = %path.display(), error = %e, "could not prune old generation");
+                    }
                 }
                 continue;
             }
@@ -212,8 +229,9 @@ impl CheckpointStore {
                 .ok()
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
                 .is_some_and(|age| age > STALE_TEMP);
-            if stale {
-                let _ = std::fs::remove_file(&temp);
+            if stale && std::fs::remove_file(&temp).is_ok() {
+                self.stats.stale_temps_removed.fetch_add(1, Relaxed);
+                tracing::info!(file = %temp.display(), "removed a crashed checkpoint writer's temp file");
             }
         }
     }
@@ -227,7 +245,12 @@ fn read_generation(
     generation: u64,
 ) -> io::Result<Result<Vec<u8>, CorruptReason>> {
     let file = File::open(path)?;
-    let len = file.metadata()?.len();
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        // Not something a writer made; refuse to guess rather than fall back past it.
+        return Err(io::Error::other("not a regular file"));
+    }
+    let len = metadata.len();
     if len < MIN_FILE_LEN as u64 {
         // Too short to map usefully (and an empty file cannot be mapped).
         return Ok(Err(CorruptReason::TooShort {
