@@ -9,8 +9,8 @@ pub enum AcceptMode {
     /// Every loop has its own `SO_REUSEPORT` listener; the kernel spreads
     /// connections by a hash of the 4-tuple.
     ReusePort,
-    /// Loop 0 accepts every connection and hands each to the loop with the
-    /// fewest connections. Even spreading at the price of one hop per accept.
+    /// Loop 0 accepts every connection and deals them to the loops
+    /// round-robin. Even spreading at the price of one hop per accept.
     Single,
 }
 

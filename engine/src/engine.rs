@@ -254,16 +254,25 @@ impl<M: Send + 'static> Engine<M> {
     }
 
     /// Graceful shutdown: [`Engine::begin_shutdown`], then wait for every loop.
-    pub fn shutdown(self, grace: Duration) {
+    pub fn shutdown(self, grace: Duration) -> bool {
         self.begin_shutdown(grace);
-        self.join();
+        self.join()
     }
 
     /// Wait for every loop to stop.
-    pub fn join(self) {
+    /// Wait for every loop to stop. Returns false if a loop stopped by
+    /// panicking (its handler's bug took its connections with it); the panic
+    /// has been logged.
+    pub fn join(self) -> bool {
+        let mut clean = true;
         for t in self.threads {
-            let _ = t.join();
+            let name = t.thread().name().unwrap_or("loop").to_string();
+            if t.join().is_err() {
+                tracing::error!(thread = %name, "an event loop panicked; its connections were dropped");
+                clean = false;
+            }
         }
+        clean
     }
 
     /// Whether every loop thread has stopped.

@@ -395,6 +395,12 @@ impl<H: Handler> EventLoop<H> {
                         CloseReason::unexpected("handshake message after the handshake"),
                     );
                 }
+                // A type this build does not know is refused here, once,
+                // rather than by every handler.
+                None => {
+                    let e = elko_protocol::codec::DecodeError::UnknownType(frame.ty);
+                    self.cx.close_slot(slot, CloseReason::from_decode(&e));
+                }
                 _ => self.handler.on_frame(&mut self.cx, id, frame),
             },
         }
