@@ -507,24 +507,30 @@ impl Host {
         }
     }
 
+    /// Close `conn` with TEXT_TOO_LONG if `len` is over the announced limit.
+    fn within_text_limit(&self, cx: &mut Ctx<Mail>, conn: ConnId, what: &str, len: usize) -> bool {
+        let max = self.cfg.max_text_len;
+        if len <= max as usize {
+            return true;
+        }
+        let detail = format!("{what} of {len} bytes; the limit is {max}");
+        cx.close(
+            conn,
+            CloseReason::Protocol {
+                code: ErrorCode::TEXT_TOO_LONG,
+                detail,
+            },
+        );
+        false
+    }
+
     fn say(&mut self, cx: &mut Ctx<Mail>, conn: ConnId, context: &str, user: &str, frame: &Frame) {
         let say: SayRef<'_> = match frame.decode_as(MessageType::Say) {
             Ok(s) => s,
             Err(e) => return cx.close(conn, CloseReason::from_decode(&e)),
         };
-        if say.text.len() > self.cfg.max_text_len as usize {
-            let detail = format!(
-                "utterance of {} bytes; the limit is {}",
-                say.text.len(),
-                self.cfg.max_text_len
-            );
-            return cx.close(
-                conn,
-                CloseReason::Protocol {
-                    code: ErrorCode::TEXT_TOO_LONG,
-                    detail,
-                },
-            );
+        if !self.within_text_limit(cx, conn, "utterance", say.text.len()) {
+            return;
         }
         let Some(Slot::Active(a)) = self.contexts.get_mut(context) else {
             return;
@@ -556,19 +562,8 @@ impl Host {
         user: &str,
         m: AppMessage,
     ) {
-        if m.body.len() > self.cfg.max_text_len as usize {
-            let detail = format!(
-                "application message of {} bytes; the limit is {}",
-                m.body.len(),
-                self.cfg.max_text_len
-            );
-            return cx.close(
-                conn,
-                CloseReason::Protocol {
-                    code: ErrorCode::TEXT_TOO_LONG,
-                    detail,
-                },
-            );
+        if !self.within_text_limit(cx, conn, "application message", m.body.len()) {
+            return;
         }
         let Some(Slot::Active(a)) = self.contexts.get_mut(context) else {
             return;
