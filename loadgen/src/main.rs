@@ -52,7 +52,8 @@ struct ChatArgs {
     /// Random seed (utterance schedule).
     #[arg(long)]
     seed: Option<u64>,
-    /// Event loops of the started contextd [default: the cores the generator's loops leave free, at least 1].
+    /// Event loops of the started contextd [default: one per core]. On a 2-core machine shared
+    /// with the generator, `--workers 1` gives lower latency at high rates (see loadgen/RESULTS.md).
     #[arg(long)]
     workers: Option<usize>,
     /// Context servers to start.

@@ -98,18 +98,7 @@ pub fn run(s: &Scenario, target: Target) -> Result<Report, RunError> {
     }
     let (cluster, director) = match target {
         Target::Local { bin_dir } => {
-            // The generator shares the machine: by default the context
-            // server gets the cores the generator's loops leave free.
-            let workers = match s.workers {
-                0 => {
-                    let cores = std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1);
-                    cores.saturating_sub(s.gen_loops).max(1)
-                }
-                w => w,
-            };
-            let c = Cluster::start(&bin_dir, s.contextds, workers)?;
+            let c = Cluster::start(&bin_dir, s.contextds, s.workers)?;
             let addr = c.client_addr;
             (Some(c), addr)
         }

@@ -36,7 +36,7 @@ pub struct Scenario {
     pub seed: u64,
     /// Event loops of the generator.
     pub gen_loops: usize,
-    /// Event loops of the started contextd (0 = the cores the generator leaves free).
+    /// Event loops of the started contextd (0 = one per core).
     pub workers: usize,
     /// Context servers to start.
     pub contextds: usize,
