@@ -46,6 +46,7 @@ pub use timer::TimerId;
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit (or `want`, if lower).
 /// Returns the soft limit now in force.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
 pub fn raise_fd_limit(want: u64) -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

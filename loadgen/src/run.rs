@@ -113,11 +113,7 @@ pub fn run(s: &Scenario, target: Target) -> Result<Report, RunError> {
     let shared = Arc::new(Shared::new(s.rooms, s.gen_loops, interval_us));
     let settle = Duration::from_secs(2);
     let window_start = s.ramp + settle;
-    let window = if s.preset == Preset::Max {
-        s.duration
-    } else {
-        s.duration
-    };
+    let window = s.duration;
     let window_end = window_start + window;
     shared
         .window_start_us

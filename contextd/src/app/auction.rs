@@ -81,10 +81,11 @@ impl Auction {
 
     /// The winner and amount, once closed (`None` winner: nobody bid).
     pub fn outcome(&self) -> Option<(Option<&str>, u64)> {
-        self.s.closed.then(|| match &self.s.highest {
+        let result = match &self.s.highest {
             Some((u, a)) => (Some(u.as_str()), *a),
             None => (None, 0),
-        })
+        };
+        self.s.closed.then_some(result)
     }
 
     fn arm(&self, cx: &mut AppCx) {
