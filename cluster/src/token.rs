@@ -270,6 +270,11 @@ impl ReplayGuard {
             .retain(|_, exp| exp.saturating_add(60_000) >= now_ms);
     }
 
+    /// Whether the token with this nonce was already used (and not yet forgotten).
+    pub fn seen(&self, nonce: u64) -> bool {
+        self.used.contains_key(&nonce)
+    }
+
     /// Nonces remembered.
     pub fn len(&self) -> usize {
         self.used.len()
@@ -300,7 +305,9 @@ mod tests {
         let got = v.verify(&tok, "room/1", "alice", 2_000).expect("valid");
         assert_eq!(got, claims);
         let mut g = ReplayGuard::default();
+        assert!(!g.seen(claims.nonce));
         g.check_and_mark(&got, 2_000).expect("first use");
+        assert!(g.seen(claims.nonce));
         assert_eq!(
             g.check_and_mark(&got, 2_001),
             Err(TokenError::Replayed {

@@ -80,7 +80,7 @@ pub enum Mail {
     /// A director ordered an activation (routed to the home loop).
     Activate { context: String },
     /// A director announced a client (routed to the home loop).
-    Expect { context: String },
+    Expect { context: String, token_id: u64 },
     /// A director asked this server to drain.
     Drain,
     /// Loop 0 asks for this loop's contexts and users, for a director that just registered.
@@ -1026,14 +1026,16 @@ impl Host {
                     context: a.context.clone(),
                 },
             ),
-            Message::ExpectClient(ExpectClient { context, .. }) if self.links[i].registered => self
-                .route(
-                    cx,
-                    &context,
-                    Mail::Expect {
-                        context: context.clone(),
-                    },
-                ),
+            Message::ExpectClient(ExpectClient {
+                context, token_id, ..
+            }) if self.links[i].registered => self.route(
+                cx,
+                &context,
+                Mail::Expect {
+                    context: context.clone(),
+                    token_id,
+                },
+            ),
             Message::Drain(_) if self.links[i].registered => {
                 tracing::warn!(director = %self.links[i].addr, "director asked to drain");
                 for l in 0..self.loops {
@@ -1221,7 +1223,13 @@ impl Handler for Host {
         match mail {
             Mail::Enter { .. } => tracing::error!("Enter mail without a connection"),
             Mail::Activate { context } => self.want_active(cx, context, true),
-            Mail::Expect { context } => self.want_active(cx, context, false),
+            // The notice can arrive after its client already came (and even
+            // left): then it must not bring the context back.
+            Mail::Expect { context, token_id } => {
+                if !self.replay.seen(token_id) {
+                    self.want_active(cx, context, false);
+                }
+            }
             Mail::Drain => self.drain(cx),
             Mail::Resync { link } => self.resync(cx, link),
             Mail::Activated { context, result } => self.on_activated(cx, context, result),
