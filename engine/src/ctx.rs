@@ -337,6 +337,20 @@ impl<M: Send + 'static> Ctx<M> {
                     Some(socket2::Protocol::TCP),
                 )?;
                 sock.set_nonblocking(true)?;
+                // Let connect() choose the port (unique per 4-tuple):
+                // binding port 0 scans every bound port, which takes
+                // milliseconds per socket past a few thousand.
+                let one: libc::c_int = 1;
+                // SAFETY: setsockopt on our own socket with a c_int value.
+                unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&sock),
+                        libc::IPPROTO_IP,
+                        libc::IP_BIND_ADDRESS_NO_PORT,
+                        (&one as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
                 sock.bind(&SocketAddr::new(ip, 0).into())?;
                 match sock.connect(&addr.into()) {
                     Ok(()) => {}

@@ -1,24 +1,26 @@
-//! The simulated clients: an `elko-engine` handler per generator loop.
+//! The simulated Elko clients: an `elko-engine` handler per generator loop.
 //!
 //! Each client takes the whole path a real client takes: connect to the
 //! director, `EnterContext`, follow the `Redirect` to the context server with
 //! its token, `Enter`, then speak in an open loop — every utterance has an
-//! intended send time drawn from a Poisson process, and the generator never
-//! waits for replies before sending. The intended time travels in
-//! `Say.sent_at_us`; the actual send time rides in the first 16 characters
-//! of the text (hex offset from the intended time), so a receiver computes
-//! both latencies without any shared table and without allocating.
+//! intended send time from its [`Schedule`], and the generator never waits
+//! for replies before sending. The intended time travels in `Say.sent_at_us`
+//! and, with the actual send time, in the utterance's header
+//! ([`crate::payload`]), so a receiver computes both latencies without any
+//! shared table and without allocating. Order is checked on the context's
+//! sequence numbers.
 
-use crate::metrics::{SeqCheck, SeqVerdict, Shared};
+use crate::metrics::{SeqCheck, Shared};
+use crate::payload::{self, Stamp, Utterance};
+use crate::schedule::Schedule;
 use elko_engine::{CloseReason, ConnId, Ctx, Handler, TimerId};
 use elko_protocol::{
     Denied, Enter, EnterContext, ErrorCode, Exit, Frame, Message, MessageType, Redirect, SaidRef,
     SayRef, Welcome,
 };
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +29,14 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
     pub director: SocketAddr,
-    pub clients: usize,
+    /// Clients in the whole run (for the ramp's spacing).
+    pub clients_total: usize,
     pub rooms: usize,
     pub ramp: Duration,
     pub message_size: usize,
     pub seed: u64,
+    /// Source address of every connection (to spread ports over 127.0.0.x).
+    pub source_ip: Option<IpAddr>,
 }
 
 /// Mail from the controller.
@@ -64,6 +69,9 @@ struct Client {
     next_intended_us: u64,
     retries: u32,
     order: SeqCheck,
+    schedule: Schedule,
+    /// When the client entered its room, µs since the epoch.
+    entered_us: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,8 +80,39 @@ enum Role {
     Contextd(usize),
 }
 
+/// A multiplicative hasher for connection ids (SipHash costs more than the
+/// rest of a delivery's bookkeeping).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type IdMap<V> = HashMap<ConnId, V, BuildHasherDefault<IdHasher>>;
+
 const T_START: u64 = 0;
 const T_SPEAK: u64 = 1;
+
+/// A connection attempt is given up after this many failures.
+const MAX_RETRIES: u32 = 50;
+const RETRY_AFTER_US: u64 = 200_000;
 
 /// One loop's share of the clients.
 #[derive(Debug)]
@@ -82,18 +121,22 @@ pub struct Driver {
     cfg: Arc<DriverConfig>,
     shared: Arc<Shared>,
     clients: Vec<Client>,
-    roles: HashMap<ConnId, Role>,
-    rng: SmallRng,
-    text: String,
+    roles: IdMap<Role>,
+    utterance: Utterance,
     addr_cache: HashMap<String, SocketAddr>,
 }
 
 impl Driver {
-    /// The driver of loop `idx` of `loops`: clients `idx, idx + loops, ...`.
-    pub fn new(idx: usize, loops: usize, cfg: Arc<DriverConfig>, shared: Arc<Shared>) -> Driver {
-        let clients = (idx..cfg.clients)
-            .step_by(loops.max(1))
-            .map(|i| {
+    /// The driver of loop `idx`, for the clients with these global indices.
+    pub fn new(
+        idx: usize,
+        clients: &[usize],
+        cfg: Arc<DriverConfig>,
+        shared: Arc<Shared>,
+    ) -> Driver {
+        let clients = clients
+            .iter()
+            .map(|&i| {
                 let room = i % cfg.rooms.max(1);
                 Client {
                     idx: i,
@@ -108,19 +151,18 @@ impl Driver {
                     next_intended_us: 0,
                     retries: 0,
                     order: SeqCheck::default(),
+                    schedule: Schedule::new(cfg.seed, i),
+                    entered_us: u64::MAX,
                 }
             })
             .collect();
         Driver {
             idx,
-            rng: SmallRng::seed_from_u64(
-                cfg.seed ^ (idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            ),
+            utterance: Utterance::new(cfg.message_size),
             cfg,
             shared,
             clients,
-            roles: HashMap::new(),
-            text: String::new(),
+            roles: IdMap::default(),
             addr_cache: HashMap::new(),
         }
     }
@@ -136,24 +178,17 @@ impl Driver {
         cx.set_timer_at(at, (local as u64) << 2 | kind)
     }
 
-    /// Exponentially distributed gap with the current mean (Poisson arrivals).
-    fn gap_us(&mut self) -> u64 {
-        let mean = self.shared.mean_interval_us.load(Relaxed) as f64;
-        let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
-        (-u.ln() * mean) as u64
-    }
-
     fn start(&mut self, cx: &mut Ctx<Control>, local: usize) {
-        let c = &mut self.clients[local];
-        match cx.connect(self.cfg.director) {
+        match cx.connect_from(self.cfg.director, self.cfg.source_ip) {
             Ok(conn) => {
+                let c = &mut self.clients[local];
                 c.phase = Phase::AskingDirector;
                 c.director_conn = Some(conn);
                 self.roles.insert(conn, Role::Director(local));
             }
             Err(e) => {
                 self.shared
-                    .error(&format!("connect_director: {}", e.kind()));
+                    .error(&format!("connect_director: {:?}", e.kind()));
                 self.retry(cx, local);
             }
         }
@@ -163,12 +198,12 @@ impl Driver {
         let c = &mut self.clients[local];
         c.retries += 1;
         c.phase = Phase::Idle;
-        if c.retries > 50 {
+        if c.retries > MAX_RETRIES {
             self.shared.error("gave_up_entering");
             c.phase = Phase::Done;
             return;
         }
-        let at = self.shared.now_us() + 200_000;
+        let at = self.shared.now_us() + RETRY_AFTER_US;
         Self::timer(cx, at, local, T_START, &self.shared);
     }
 
@@ -190,7 +225,7 @@ impl Driver {
         let c = &mut self.clients[local];
         c.token = r.token;
         c.director_conn = None;
-        match cx.connect(addr) {
+        match cx.connect_from(addr, self.cfg.source_ip) {
             Ok(conn) => {
                 c.phase = Phase::Entering;
                 c.conn = Some(conn);
@@ -198,7 +233,7 @@ impl Driver {
             }
             Err(e) => {
                 self.shared
-                    .error(&format!("connect_contextd: {}", e.kind()));
+                    .error(&format!("connect_contextd: {:?}", e.kind()));
                 self.retry(cx, local);
             }
         }
@@ -206,91 +241,72 @@ impl Driver {
 
     fn entered(&mut self, cx: &mut Ctx<Control>, local: usize) {
         let now = self.shared.now_us();
-        let gap = self.gap_us();
+        let mean = self.shared.mean_interval_us.load(Relaxed);
         let c = &mut self.clients[local];
         c.phase = Phase::Entered;
         c.retries = 0;
-        self.shared.connected.fetch_add(1, Relaxed);
+        c.entered_us = now;
+        self.shared.loops[self.idx].connected_add(1);
         self.shared.room_members[c.room].fetch_add(1, Relaxed);
         // First utterance: a Poisson arrival after speaking starts.
-        let start = self.shared.speak_start_us.load(Relaxed).max(now);
-        c.next_intended_us = start.saturating_add(gap);
+        let start = self.shared.window.speak_start_us.max(now);
+        c.next_intended_us = start.saturating_add(c.schedule.gap_us(mean));
         Self::timer(cx, c.next_intended_us, local, T_SPEAK, &self.shared);
     }
 
-    fn speak(&mut self, cx: &mut Ctx<Control>, local: usize) {
-        if self.shared.stop_sending.load(Relaxed) {
-            return;
+    fn left(&mut self, local: usize) {
+        let c = &self.clients[local];
+        if c.phase == Phase::Entered {
+            self.shared.loops[self.idx].connected_add(-1);
+            self.shared.room_members[c.room].fetch_sub(1, Relaxed);
         }
-        let gap = self.gap_us();
-        let now = self.shared.now_us();
+    }
+
+    fn speak(&mut self, cx: &mut Ctx<Control>, local: usize) {
+        let mean = self.shared.mean_interval_us.load(Relaxed);
         let c = &mut self.clients[local];
         let (Phase::Entered, Some(conn)) = (c.phase, c.conn) else {
             return;
         };
         let intended = c.next_intended_us;
-        // Text: 16 hex digits of (actual - intended), then padding.
-        self.text.clear();
-        let late = now.saturating_sub(intended);
-        use std::fmt::Write as _;
-        let _ = write!(self.text, "{late:016x}");
-        while self.text.len() < self.cfg.message_size.max(16) {
-            self.text.push('x');
+        if !self.shared.may_send(intended) {
+            return;
         }
+        let now = self.shared.now_us();
         c.seq += 1;
+        self.utterance.stamp(Stamp {
+            late_us: now.saturating_sub(intended),
+            intended_us: intended,
+            sender: c.idx as u32,
+            seq: c.seq,
+        });
         let say = SayRef {
             client_seq: c.seq,
             sent_at_us: intended,
-            text: &self.text,
+            text: self.utterance.as_str(),
         };
-        if self.shared.in_window(intended) {
-            self.shared.utterances_window.fetch_add(1, Relaxed);
-            let fanout = self.shared.room_members[c.room].load(Relaxed);
-            self.shared
-                .expected_window
-                .fetch_add(u64::from(fanout), Relaxed);
-        }
-        self.shared.sent_total.fetch_add(1, Relaxed);
+        // Open loop: the next intended time follows the schedule, not the
+        // actual send time, so a late generator shows up as latency.
+        c.next_intended_us = intended.saturating_add(c.schedule.gap_us(mean));
+        let (room, next) = (c.room, c.next_intended_us);
+        self.shared.sending(self.idx, room, intended);
         if !cx.send_msg(conn, &say) {
             self.shared.error("send_failed");
         }
-        // Open loop: the next intended time follows the schedule, not the
-        // actual send time, so a late generator shows up as latency.
-        c.next_intended_us = intended.saturating_add(gap);
-        Self::timer(cx, c.next_intended_us, local, T_SPEAK, &self.shared);
+        Self::timer(cx, next, local, T_SPEAK, &self.shared);
     }
 
     fn said(&mut self, local: usize, frame: &Frame) {
-        let now = self.shared.now_us();
         let s: SaidRef<'_> = match frame.decode_as(MessageType::Said) {
             Ok(s) => s,
             Err(_) => return self.shared.error("bad_said"),
         };
-        self.shared.received_total.fetch_add(1, Relaxed);
-        match self.clients[local].order.check(s.context_seq) {
-            SeqVerdict::InOrder | SeqVerdict::Gap(_) => {}
-            SeqVerdict::Duplicate => {
-                self.shared.duplicates.fetch_add(1, Relaxed);
-                return;
-            }
-            SeqVerdict::OutOfOrder => {
-                self.shared.out_of_order.fetch_add(1, Relaxed);
-            }
-        }
-        if !self.shared.in_window(s.sent_at_us) {
-            return;
-        }
-        self.shared.received_window.fetch_add(1, Relaxed);
-        let late = s
-            .text
-            .get(..16)
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-            .unwrap_or(0);
-        let corrected = now.saturating_sub(s.sent_at_us);
-        let uncorrected = now.saturating_sub(s.sent_at_us + late);
-        self.shared.hists[self.idx]
-            .lock()
-            .record(corrected, uncorrected);
+        let now = self.shared.now_us();
+        let late = payload::late_us(s.text.as_bytes());
+        let c = &mut self.clients[local];
+        let order = c.order.check(s.context_seq);
+        self.shared
+            .delivered(self.idx, order, s.sent_at_us, late, now, c.entered_us);
     }
 }
 
@@ -298,11 +314,10 @@ impl Handler for Driver {
     type Mail = Control;
 
     fn on_start(&mut self, cx: &mut Ctx<Control>) {
-        let n = self.cfg.clients.max(1) as u64;
+        let n = self.cfg.clients_total.max(1) as u64;
         let ramp = self.cfg.ramp.as_micros() as u64;
-        let base = self.shared.now_us();
         for local in 0..self.clients.len() {
-            let at = base + ramp * self.clients[local].idx as u64 / n;
+            let at = ramp * self.clients[local].idx as u64 / n;
             Self::timer(cx, at, local, T_START, &self.shared);
         }
     }
@@ -353,10 +368,12 @@ impl Handler for Driver {
                         code.name().unwrap_or("UNKNOWN").to_lowercase()
                     ));
                     cx.close(conn, CloseReason::Application(None));
+                    self.roles.remove(&conn);
                     if code == ErrorCode::NO_CAPACITY {
                         // The context server may not have registered yet.
-                        self.roles.remove(&conn);
                         self.retry(cx, local);
+                    } else {
+                        self.clients[local].phase = Phase::Done;
                     }
                 }
                 _ => self.shared.error("unexpected_frame_from_director"),
@@ -368,25 +385,21 @@ impl Handler for Driver {
     fn on_close(&mut self, cx: &mut Ctx<Control>, conn: ConnId, reason: &CloseReason) {
         match self.roles.remove(&conn) {
             Some(Role::Contextd(local)) => {
-                let c = &mut self.clients[local];
-                let was = c.phase;
-                c.conn = None;
-                if was == Phase::Entered {
-                    self.shared.connected.fetch_sub(1, Relaxed);
-                    self.shared.room_members[c.room].fetch_sub(1, Relaxed);
-                }
+                let was = self.clients[local].phase;
+                self.left(local);
+                self.clients[local].conn = None;
                 if was != Phase::Done {
                     self.shared
                         .error(&format!("contextd_closed: {}", reason.kind().name()));
-                    if !self.shared.stop_sending.load(Relaxed) {
-                        self.retry(cx, local);
-                    } else {
+                    if self.shared.stop_sending.load(Relaxed) {
                         self.clients[local].phase = Phase::Done;
+                    } else {
+                        self.retry(cx, local);
                     }
                 }
             }
             Some(Role::Director(local)) => {
-                let c = &mut self.clients[local];
+                let c = &self.clients[local];
                 if c.phase == Phase::AskingDirector && c.director_conn == Some(conn) {
                     self.shared
                         .error(&format!("director_closed: {}", reason.kind().name()));
@@ -412,15 +425,14 @@ impl Handler for Driver {
     fn on_mail(&mut self, cx: &mut Ctx<Control>, mail: Control) {
         match mail {
             Control::ExitAll => {
-                for c in &mut self.clients {
-                    if let (Phase::Entered, Some(conn)) = (c.phase, c.conn) {
+                for local in 0..self.clients.len() {
+                    if let (Phase::Entered, Some(conn)) =
+                        (self.clients[local].phase, self.clients[local].conn)
+                    {
                         cx.send_msg(conn, &Exit {});
                     }
-                    if c.phase == Phase::Entered {
-                        self.shared.connected.fetch_sub(1, Relaxed);
-                        self.shared.room_members[c.room].fetch_sub(1, Relaxed);
-                    }
-                    c.phase = Phase::Done;
+                    self.left(local);
+                    self.clients[local].phase = Phase::Done;
                 }
             }
         }
@@ -430,56 +442,41 @@ impl Handler for Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn driver(seed: u64, mean_us: u64) -> Driver {
-        let cfg = Arc::new(DriverConfig {
-            director: "127.0.0.1:1".parse().expect("addr"),
-            clients: 10,
-            rooms: 2,
-            ramp: Duration::ZERO,
-            message_size: 64,
-            seed,
-        });
-        Driver::new(0, 1, cfg, Arc::new(Shared::new(2, 1, mean_us)))
-    }
+    use crate::metrics::Window;
+    use std::time::Instant;
 
     #[test]
-    fn the_schedule_is_poisson_and_fixed_by_the_seed() {
-        let (mut a, mut b, mut c) = (
-            driver(7, 30_000_000),
-            driver(7, 30_000_000),
-            driver(8, 30_000_000),
-        );
-        let xa: Vec<u64> = (0..20_000).map(|_| a.gap_us()).collect();
-        let xb: Vec<u64> = (0..20_000).map(|_| b.gap_us()).collect();
-        let xc: Vec<u64> = (0..20_000).map(|_| c.gap_us()).collect();
-        assert_eq!(xa, xb, "same seed, same schedule");
-        assert_ne!(xa, xc, "another seed, another schedule");
-        let mean = xa.iter().sum::<u64>() as f64 / xa.len() as f64;
-        assert!((mean / 30e6 - 1.0).abs() < 0.03, "mean gap {mean} µs");
-        // Exponential: P(gap > mean) = 1/e.
-        let above = xa.iter().filter(|&&g| g as f64 > 30e6).count() as f64 / xa.len() as f64;
-        assert!(
-            (above - (-1f64).exp()).abs() < 0.02,
-            "P(gap > mean) = {above}"
-        );
-    }
-
-    #[test]
-    fn clients_are_dealt_to_loops_and_rooms_evenly() {
+    fn clients_keep_their_global_index_and_room() {
         let cfg = Arc::new(DriverConfig {
             director: "127.0.0.1:1".parse().expect("addr"),
-            clients: 10,
+            clients_total: 10,
             rooms: 3,
             ramp: Duration::ZERO,
             message_size: 64,
             seed: 1,
+            source_ip: None,
         });
-        let sh = Arc::new(Shared::new(3, 2, 1));
-        let d0 = Driver::new(0, 2, cfg.clone(), sh.clone());
-        let d1 = Driver::new(1, 2, cfg, sh);
-        assert_eq!(d0.clients.len() + d1.clients.len(), 10);
-        assert!(d0.clients.iter().all(|c| c.idx % 2 == 0));
-        assert_eq!(d1.clients[0].context, "room/1");
+        let w = Window {
+            speak_start_us: 0,
+            start_us: 0,
+            end_us: 1,
+        };
+        let sh = Arc::new(Shared::new(Instant::now(), w, 3, 1, 1));
+        let d = Driver::new(0, &[1, 4, 7], cfg, sh);
+        assert_eq!(d.clients.len(), 3);
+        assert!(d
+            .clients
+            .iter()
+            .all(|c| c.room == 1 && c.context == "room/1"));
+        assert_eq!(d.clients[2].user, "user-7");
+    }
+
+    #[test]
+    fn the_id_hasher_spreads_ids() {
+        use std::hash::BuildHasher;
+        let b = BuildHasherDefault::<IdHasher>::default();
+        let hs: std::collections::HashSet<u64> =
+            (0u32..1000).map(|i| b.hash_one((0u16, i, 1u32))).collect();
+        assert_eq!(hs.len(), 1000);
     }
 }

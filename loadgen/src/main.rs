@@ -1,7 +1,9 @@
 //! `elko-loadgen`: see `elko-loadgen chat --help`.
 
 use clap::{Parser, Subcommand};
+use elko_loadgen::generator::{worker_main, TargetKind};
 use elko_loadgen::procs::default_bin_dir;
+use elko_loadgen::report::{comparison, ratios, svg, Report};
 use elko_loadgen::run::{run, Target};
 use elko_loadgen::scenario::{Preset, Scenario};
 use elko_loadgen::threshold::Threshold;
@@ -20,7 +22,13 @@ struct Cli {
 enum Cmd {
     /// The chat benchmark. With no arguments: start a local cluster (director
     /// and contextd from beside this executable) and run preset sun2002.
-    Chat(ChatArgs),
+    Chat(Box<ChatArgs>),
+    /// (internal) One generator process of a run split over several.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        spec: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,9 +67,21 @@ struct ChatArgs {
     /// Context servers to start.
     #[arg(long)]
     contextds: Option<usize>,
-    /// Event loops of the generator.
+    /// Event loops per generator process.
     #[arg(long)]
     gen_loops: Option<usize>,
+    /// Generator processes (default: as few as the descriptor limit allows).
+    #[arg(long)]
+    gen_procs: Option<usize>,
+    /// What to drive: Elko, or a peer (Redis pub/sub, NATS core) on the same workload.
+    #[arg(long, value_enum, default_value = "elko")]
+    target: TargetKind,
+    /// A running peer server (default: start redis-server / nats-server locally).
+    #[arg(long)]
+    target_addr: Option<SocketAddr>,
+    /// Also run these peers on the same scenario and print them side by side: 'redis,nats'.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    compare: Vec<TargetKind>,
     /// For --preset max: seconds per rate step.
     #[arg(long)]
     step: Option<f64>,
@@ -107,7 +127,7 @@ fn scenario(a: &ChatArgs) -> Scenario {
         s.ramp = secs(v);
     }
     if let Some(v) = a.message_size {
-        s.message_size = v.max(16);
+        s.message_size = v.max(elko_loadgen::payload::HEADER_LEN);
     }
     if let Some(v) = a.seed {
         s.seed = v;
@@ -121,10 +141,38 @@ fn scenario(a: &ChatArgs) -> Scenario {
     if let Some(v) = a.gen_loops {
         s.gen_loops = v.max(1);
     }
+    if let Some(v) = a.gen_procs {
+        s.gen_procs = v.max(1);
+    }
     if let Some(v) = a.step {
         s.step = secs(v).max(Duration::from_secs(1));
     }
     s
+}
+
+fn target_of(a: &ChatArgs, kind: TargetKind) -> Target {
+    match kind {
+        TargetKind::Elko => match a.director {
+            Some(d) => Target::Director(d),
+            None => Target::LocalElko {
+                bin_dir: a.bin_dir.clone().unwrap_or_else(default_bin_dir),
+            },
+        },
+        k => match a.target_addr {
+            Some(addr) if a.compare.is_empty() => Target::Peer(k, addr),
+            _ => Target::LocalPeer(k),
+        },
+    }
+}
+
+fn write_file(path: &PathBuf, what: &str, body: String) {
+    if let Err(e) = std::fs::write(path, body) {
+        eprintln!(
+            "elko-loadgen: cannot write {what} to {}: {e}",
+            path.display()
+        );
+        std::process::exit(2);
+    }
 }
 
 fn main() {
@@ -134,63 +182,107 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Cmd::Chat(args) = Cli::parse().cmd;
-    let s = scenario(&args);
-    let target = match args.director {
-        Some(d) => Target::Director(d),
-        None => Target::Local {
-            bin_dir: args.bin_dir.clone().unwrap_or_else(default_bin_dir),
-        },
+    let args = match Cli::parse().cmd {
+        Cmd::Worker { spec } => std::process::exit(worker_main(&spec)),
+        Cmd::Chat(args) => *args,
     };
+    let s = scenario(&args);
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("elko-loadgen: cannot find this executable: {e}");
+            std::process::exit(2);
+        }
+    };
+    // The first run is the one thresholds judge: Elko when comparing.
+    let mut kinds = vec![if args.compare.is_empty() {
+        args.target
+    } else {
+        TargetKind::Elko
+    }];
+    for k in &args.compare {
+        if !kinds.contains(k) {
+            kinds.push(*k);
+        }
+    }
     eprintln!(
-        "elko-loadgen: {} clients in {} rooms, one utterance per {:.2} s each (target {:.0} deliveries/s), ramp {:.0} s, steady {:.0} s",
+        "elko-loadgen: {} clients in {} rooms, one utterance per {:.2} s each (target {:.0} deliveries/s), ramp {:.0} s, steady {:.0} s, {} generator process(es); target {}",
         s.clients,
         s.rooms,
         s.interval.as_secs_f64(),
         s.target_deliveries_per_s(),
         s.ramp.as_secs_f64(),
-        s.duration.as_secs_f64()
+        s.duration.as_secs_f64(),
+        s.processes(),
+        kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", then ")
     );
-    let report = match run(&s, target) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("elko-loadgen: {e}");
-            std::process::exit(2);
+    let mut reports: Vec<Report> = Vec::new();
+    for &k in &kinds {
+        match run(&s, target_of(&args, k), &exe) {
+            Ok(r) => {
+                println!("{}", r.summary());
+                reports.push(r);
+            }
+            Err(e) => {
+                eprintln!("elko-loadgen: {} run failed: {e}", k.name());
+                if reports.is_empty() {
+                    std::process::exit(2);
+                }
+            }
         }
-    };
-    println!("{}", report.summary());
-    let write = |path: &PathBuf, what: &str, body: String| {
-        if let Err(e) = std::fs::write(path, body) {
-            eprintln!(
-                "elko-loadgen: cannot write {what} to {}: {e}",
-                path.display()
-            );
-            std::process::exit(2);
-        }
-    };
+    }
+    if reports.len() > 1 {
+        println!("{}", comparison(&reports));
+    }
     if let Some(p) = &args.json {
-        write(
-            p,
-            "JSON",
-            serde_json::to_string_pretty(&report).unwrap_or_default(),
-        );
+        let body = if args.compare.is_empty() {
+            serde_json::to_string_pretty(&reports[0])
+        } else {
+            serde_json::to_string_pretty(&serde_json::json!({
+                "compare": reports,
+                "ratios": ratios(&reports),
+            }))
+        };
+        write_file(p, "JSON", body.unwrap_or_default());
     }
     if let Some(p) = &args.csv {
-        write(p, "CSV", report.csv());
+        let mut body = String::new();
+        for r in &reports {
+            let csv = r.csv();
+            let mut lines = csv.lines();
+            let header = lines.next().unwrap_or_default();
+            if body.is_empty() {
+                body = format!("target,{header}\n");
+            }
+            for l in lines {
+                body.push_str(&format!("{},{l}\n", r.target));
+            }
+        }
+        write_file(p, "CSV", body);
     }
     if let Some(p) = &args.plot {
-        write(p, "SVG", report.svg());
+        write_file(p, "SVG", svg(&reports.iter().collect::<Vec<_>>()));
     }
     let mut breached = false;
     for t in &args.threshold {
-        let ok = t.holds(&report);
+        let r = &reports[0];
+        let ok = t.holds(r);
         println!(
-            "threshold {:<16} measured {:>12.2}  {}",
+            "threshold {:<16} measured {:>12.2} ({})  {}",
             t.text,
-            t.measure(&report),
+            t.measure(r),
+            r.target,
             if ok { "ok" } else { "BREACHED" }
         );
         breached |= !ok;
+    }
+    if reports.len() < kinds.len() {
+        eprintln!(
+            "elko-loadgen: {} of {} runs failed",
+            kinds.len() - reports.len(),
+            kinds.len()
+        );
+        std::process::exit(2);
     }
     if breached {
         std::process::exit(1);

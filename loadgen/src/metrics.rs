@@ -1,13 +1,16 @@
 //! What the generator's loops count, shared with the reporting thread.
 //!
-//! Counters are relaxed atomics; latency histograms are per loop behind an
-//! uncontended mutex (the reporter takes it once a second), so the hot path
-//! allocates nothing and contends with nobody.
+//! Each loop has its own cache-line-aligned counters (written by that loop
+//! only, so nothing bounces between cores) and its own latency histograms
+//! behind an uncontended mutex (the reporter takes it once a second). The
+//! hot path allocates nothing and contends with nobody.
 
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 /// Highest latency recorded, µs (a minute); higher values are clamped.
@@ -19,6 +22,26 @@ pub fn new_histogram() -> Histogram<u64> {
         Ok(h) => h,
         Err(_) => unreachable!("bounds 1..60e6 with 3 digits are valid"),
     }
+}
+
+/// A histogram as hex text (HdrHistogram V2 encoding), to cross processes.
+pub fn histogram_to_hex(h: &Histogram<u64>) -> String {
+    let mut v = Vec::new();
+    match V2Serializer::new().serialize(h, &mut v) {
+        Ok(_) => hex::encode(v),
+        Err(_) => String::new(),
+    }
+}
+
+/// The inverse of [`histogram_to_hex`]; an empty histogram if it does not decode.
+pub fn histogram_from_hex(s: &str) -> Histogram<u64> {
+    let mut out = new_histogram();
+    if let Ok(bytes) = hex::decode(s) {
+        if let Ok(h) = Deserializer::new().deserialize::<u64, _>(&mut bytes.as_slice()) {
+            let _ = out.add(&h);
+        }
+    }
+    out
 }
 
 /// One loop's latency histograms.
@@ -52,73 +75,167 @@ impl LoopHists {
     }
 }
 
-/// Everything the loops and the reporter share.
-#[derive(Debug)]
-pub struct Shared {
-    /// Time zero of every `*_us` value in this run (intended and actual send times).
-    pub epoch: Instant,
-    /// Utterances intended in `[window_start_us, window_end_us)` are the measured ones.
-    pub window_start_us: AtomicU64,
-    pub window_end_us: AtomicU64,
-    /// Clients start speaking here (a little before the window, to be in steady state).
-    pub speak_start_us: AtomicU64,
-    /// Mean time between one client's utterances, µs (the `max` preset lowers it step by step).
-    pub mean_interval_us: AtomicU64,
-    pub stop_sending: AtomicBool,
-    /// Clients inside their context.
-    pub connected: AtomicU64,
+/// A snapshot of the counters, summed over loops (and over processes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Clients inside their room now.
+    pub connected: i64,
     /// Every utterance sent / every delivery received, window or not (for rates).
+    pub sent_total: u64,
+    pub received_total: u64,
+    /// Utterances intended inside the window, and the deliveries they should and did make.
+    pub utterances_window: u64,
+    pub expected_window: u64,
+    pub received_window: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+}
+
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, o: Counters) {
+        self.connected += o.connected;
+        self.sent_total += o.sent_total;
+        self.received_total += o.received_total;
+        self.utterances_window += o.utterances_window;
+        self.expected_window += o.expected_window;
+        self.received_window += o.received_window;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+    }
+}
+
+/// One loop's counters: written by that loop only.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct LoopCounters {
+    pub connected: AtomicI64,
     pub sent_total: AtomicU64,
     pub received_total: AtomicU64,
-    /// Utterances intended inside the window, and the deliveries they should and did make.
     pub utterances_window: AtomicU64,
     pub expected_window: AtomicU64,
     pub received_window: AtomicU64,
     pub duplicates: AtomicU64,
     pub out_of_order: AtomicU64,
+}
+
+/// Add to a counter only its own loop writes (no read-modify-write bus lock).
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl LoopCounters {
+    fn snapshot(&self) -> Counters {
+        Counters {
+            connected: self.connected.load(Relaxed),
+            sent_total: self.sent_total.load(Relaxed),
+            received_total: self.received_total.load(Relaxed),
+            utterances_window: self.utterances_window.load(Relaxed),
+            expected_window: self.expected_window.load(Relaxed),
+            received_window: self.received_window.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            out_of_order: self.out_of_order.load(Relaxed),
+        }
+    }
+
+    /// A client entered (`+1`) or left (`-1`) its room.
+    pub fn connected_add(&self, d: i64) {
+        self.connected
+            .store(self.connected.load(Relaxed) + d, Relaxed);
+    }
+}
+
+/// When a run measures, in µs since its epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    /// Clients start speaking here (a little before the window, to be in steady state).
+    pub speak_start_us: u64,
+    /// Utterances intended in `[start_us, end_us)` are the measured ones; none
+    /// are sent after `end_us`.
+    pub start_us: u64,
+    pub end_us: u64,
+}
+
+/// Everything one generator process's loops and its reporter share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Time zero of every `*_us` value in this run (intended and actual send times).
+    pub epoch: Instant,
+    pub window: Window,
+    /// Mean time between one client's utterances, µs (the `max` preset lowers it step by step).
+    pub mean_interval_us: AtomicU64,
+    /// Set when the run ends early or drains: no more utterances.
+    pub stop_sending: AtomicBool,
     /// Members currently entered, per room (the expected fanout of an utterance).
+    /// A room lives in one generator process, so this count is complete.
     pub room_members: Vec<AtomicU32>,
-    pub errors: Mutex<BTreeMap<String, u64>>,
+    pub loops: Vec<LoopCounters>,
     pub hists: Vec<Mutex<LoopHists>>,
+    errors: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Shared {
     /// Shared state for `rooms` rooms and `loops` generator loops.
-    pub fn new(rooms: usize, loops: usize, mean_interval_us: u64) -> Shared {
+    pub fn new(
+        epoch: Instant,
+        window: Window,
+        rooms: usize,
+        loops: usize,
+        mean_interval_us: u64,
+    ) -> Shared {
         Shared {
-            epoch: Instant::now(),
-            window_start_us: AtomicU64::new(u64::MAX),
-            window_end_us: AtomicU64::new(u64::MAX),
-            speak_start_us: AtomicU64::new(u64::MAX),
+            epoch,
+            window,
             mean_interval_us: AtomicU64::new(mean_interval_us),
             stop_sending: AtomicBool::new(false),
-            connected: AtomicU64::new(0),
-            sent_total: AtomicU64::new(0),
-            received_total: AtomicU64::new(0),
-            utterances_window: AtomicU64::new(0),
-            expected_window: AtomicU64::new(0),
-            received_window: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            out_of_order: AtomicU64::new(0),
             room_members: (0..rooms).map(|_| AtomicU32::new(0)).collect(),
-            errors: Mutex::new(BTreeMap::new()),
+            loops: (0..loops).map(|_| LoopCounters::default()).collect(),
             hists: (0..loops).map(|_| Mutex::new(LoopHists::new())).collect(),
+            errors: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Microseconds since the epoch.
+    #[inline]
     pub fn now_us(&self) -> u64 {
         self.epoch.elapsed().as_micros() as u64
     }
 
     /// Whether an utterance intended at `t_us` is measured.
+    #[inline]
     pub fn in_window(&self, t_us: u64) -> bool {
-        t_us >= self.window_start_us.load(Relaxed) && t_us < self.window_end_us.load(Relaxed)
+        t_us >= self.window.start_us && t_us < self.window.end_us
+    }
+
+    /// Whether an utterance intended at `t_us` is still sent.
+    #[inline]
+    pub fn may_send(&self, t_us: u64) -> bool {
+        t_us < self.window.end_us && !self.stop_sending.load(Relaxed)
     }
 
     /// Count an error of `kind`.
     pub fn error(&self, kind: &str) {
-        *self.errors.lock().entry(kind.to_string()).or_default() += 1;
+        let mut e = self.errors.lock();
+        match e.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                e.insert(kind.to_string(), 1);
+            }
+        }
+    }
+
+    /// Errors counted so far, by kind.
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors.lock().clone()
+    }
+
+    /// Every loop's counters, summed.
+    pub fn counters(&self) -> Counters {
+        let mut c = Counters::default();
+        for l in &self.loops {
+            c += l.snapshot();
+        }
+        c
     }
 
     /// Take every loop's interval histogram (merged), leaving them empty.
@@ -142,13 +259,56 @@ impl Shared {
         }
         (c, u)
     }
+
+    /// Account one received utterance on loop `lp`: `order` is the verdict
+    /// of the receiver's sequence check, `intended_us`/`late_us` come from
+    /// the utterance, `now_us` is the receive time, `member_since_us` when
+    /// the receiver entered its room (an utterance sent before that was not
+    /// expected to reach it, so it does not count as a delivery either).
+    #[inline]
+    pub fn delivered(
+        &self,
+        lp: usize,
+        order: SeqVerdict,
+        intended_us: u64,
+        late_us: u64,
+        now_us: u64,
+        member_since_us: u64,
+    ) {
+        let c = &self.loops[lp];
+        bump(&c.received_total, 1);
+        match order {
+            SeqVerdict::InOrder | SeqVerdict::Gap(_) => {}
+            SeqVerdict::Duplicate => return bump(&c.duplicates, 1),
+            SeqVerdict::OutOfOrder => bump(&c.out_of_order, 1),
+        }
+        if !self.in_window(intended_us) || intended_us.saturating_add(late_us) < member_since_us {
+            return;
+        }
+        bump(&c.received_window, 1);
+        let corrected = now_us.saturating_sub(intended_us);
+        let uncorrected = now_us.saturating_sub(intended_us.saturating_add(late_us));
+        self.hists[lp].lock().record(corrected, uncorrected);
+    }
+
+    /// Account one utterance about to be sent on loop `lp` to room `room`.
+    #[inline]
+    pub fn sending(&self, lp: usize, room: usize, intended_us: u64) {
+        let c = &self.loops[lp];
+        bump(&c.sent_total, 1);
+        if self.in_window(intended_us) {
+            bump(&c.utterances_window, 1);
+            let fanout = self.room_members[room].load(Relaxed);
+            bump(&c.expected_window, u64::from(fanout));
+        }
+    }
 }
 
-/// Delivery order checking for one receiver: every room's utterances carry
-/// a context sequence number increasing by one.
+/// Delivery order checking for one receiver and one sequence of numbers
+/// increasing by one (a room's context sequence, or one sender's utterances).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SeqCheck {
-    last: Option<u64>,
+    last: u64,
 }
 
 /// What one received sequence number means.
@@ -162,17 +322,18 @@ pub enum SeqVerdict {
 }
 
 impl SeqCheck {
-    /// Judge `seq` and remember it.
+    /// Judge `seq` and remember it. The first number seen is in order
+    /// (a receiver joins a room mid-sequence); 0 is never a valid number.
     pub fn check(&mut self, seq: u64) -> SeqVerdict {
         let v = match self.last {
-            None => SeqVerdict::InOrder,
-            Some(last) if seq == last + 1 => SeqVerdict::InOrder,
-            Some(last) if seq == last => SeqVerdict::Duplicate,
-            Some(last) if seq < last => SeqVerdict::OutOfOrder,
-            Some(last) => SeqVerdict::Gap(seq - last - 1),
+            0 => SeqVerdict::InOrder,
+            last if seq == last + 1 => SeqVerdict::InOrder,
+            last if seq == last => SeqVerdict::Duplicate,
+            last if seq < last => SeqVerdict::OutOfOrder,
+            last => SeqVerdict::Gap(seq - last - 1),
         };
-        if self.last.is_none_or(|l| seq > l) {
-            self.last = Some(seq);
+        if seq > self.last {
+            self.last = seq;
         }
         v
     }
@@ -181,6 +342,15 @@ impl SeqCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shared(loops: usize) -> Shared {
+        let w = Window {
+            speak_start_us: 0,
+            start_us: 100,
+            end_us: 200,
+        };
+        Shared::new(Instant::now(), w, 2, loops, 1)
+    }
 
     #[test]
     fn sequence_verdicts() {
@@ -194,8 +364,45 @@ mod tests {
     }
 
     #[test]
-    fn histograms_merge_across_loops_and_clamp() {
-        let s = Shared::new(1, 2, 1);
+    fn deliveries_are_accounted_in_the_window_only() {
+        let s = shared(2);
+        s.room_members[1].store(3, Relaxed);
+        s.sending(0, 1, 50); // before the window: not expected
+        s.sending(0, 1, 150);
+        s.sending(1, 1, 250); // after: not expected
+        let mut order = SeqCheck::default();
+        // The in-window utterance reaches 3 members; one hears it twice, and
+        // an older one arrives late.
+        for (seq, t) in [(2, 150), (2, 150), (3, 150), (1, 50), (4, 150)] {
+            s.delivered(0, order.check(seq), t, 5, t + 40, 0);
+        }
+        // A member that entered after the utterance was sent was not counted
+        // in its fanout, so its copy is not a delivery either.
+        s.delivered(1, SeqVerdict::InOrder, 150, 5, 190, 160);
+        let c = s.counters();
+        assert_eq!(c.sent_total, 3);
+        assert_eq!((c.utterances_window, c.expected_window), (1, 3));
+        assert_eq!(c.received_total, 6);
+        assert_eq!(c.duplicates, 1);
+        assert_eq!(c.out_of_order, 1);
+        assert_eq!(c.received_window, 3, "the duplicate is not a delivery");
+        let (corr, uncorr) = s.totals();
+        assert_eq!((corr.len(), corr.max()), (3, 40));
+        assert_eq!(uncorr.max(), 35, "from the actual send, 5 µs late");
+    }
+
+    #[test]
+    fn sending_stops_at_the_window_end() {
+        let s = shared(1);
+        assert!(s.may_send(199));
+        assert!(!s.may_send(200));
+        s.stop_sending.store(true, Relaxed);
+        assert!(!s.may_send(150));
+    }
+
+    #[test]
+    fn histograms_merge_across_loops_clamp_and_cross_processes() {
+        let s = shared(2);
         s.hists[0].lock().record(100, 90);
         s.hists[1].lock().record(u64::MAX, 0);
         let (c, u) = s.totals();
@@ -204,5 +411,22 @@ mod tests {
         assert_eq!(u.min(), 1);
         assert_eq!(s.take_interval().len(), 2);
         assert_eq!(s.take_interval().len(), 0, "taking resets");
+        let back = histogram_from_hex(&histogram_to_hex(&c));
+        assert_eq!(back, c);
+        assert!(histogram_from_hex("zz").is_empty());
+    }
+
+    #[test]
+    fn counters_add_up() {
+        let mut a = Counters {
+            connected: 2,
+            ..Counters::default()
+        };
+        a += Counters {
+            connected: -1,
+            received_window: 4,
+            ..Counters::default()
+        };
+        assert_eq!((a.connected, a.received_window), (1, 4));
     }
 }

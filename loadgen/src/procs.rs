@@ -1,8 +1,8 @@
-//! Processes: starting a local cluster, and reading CPU time and memory
-//! from `/proc`.
+//! Processes: starting a local cluster (or a peer server), and reading CPU
+//! time, memory and sockets from `/proc`.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -41,6 +41,50 @@ pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
         cpu_s: (ut + st) / clk_tck(),
         rss_bytes: rss_pages * page_size(),
     })
+}
+
+/// CPU seconds the whole machine has been busy (all cores, from `/proc/stat`:
+/// user, nice, system, irq, softirq, steal).
+pub fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
+    Some(busy / clk_tck())
+}
+
+/// The kernel's `ksoftirqd/N` threads: network work the kernel defers to
+/// them is charged to neither the servers nor the generator.
+pub fn ksoftirqd_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        })
+        .collect()
+}
+
+/// Sockets a process holds open (its connections and listeners).
+pub fn socket_count(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        dir.filter_map(Result::ok)
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .map(|l| l.to_string_lossy().starts_with("socket:"))
+                    .unwrap_or(false)
+            })
+            .count() as u64,
+    )
 }
 
 /// A started server process, stopped (SIGTERM, then SIGKILL) on drop.
@@ -91,6 +135,29 @@ pub enum ClusterError {
     },
     #[error("{name} did not report its address within 20 s (it printed {line:?})")]
     NoAddress { name: String, line: String },
+    #[error("{name} is not installed (looked in $PATH, /usr/sbin, /usr/bin); install it (apt-get install {package}) or give --target-addr")]
+    NotInstalled { name: String, package: String },
+    #[error("{name} did not accept connections on {addr} within 20 s")]
+    NotListening { name: String, addr: SocketAddr },
+    #[error("no free port: {0}")]
+    Port(std::io::Error),
+}
+
+/// Make a child die with the generator: it gets SIGTERM when the thread
+/// that started it (the controller's) ends, however the generator ends. It
+/// gets its own process group, so a Ctrl-C reaches only the controller,
+/// which then stops the run in order and still reports.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        })
+    }
 }
 
 fn spawn(bin: &Path, args: &[String], name: &str, prefix: &str) -> Result<Server, ClusterError> {
@@ -99,7 +166,7 @@ fn spawn(bin: &Path, args: &[String], name: &str, prefix: &str) -> Result<Server
             path: bin.to_path_buf(),
         });
     }
-    let mut child = Command::new(bin)
+    let mut child = die_with_parent(&mut Command::new(bin))
         .args(args)
         .env(
             "RUST_LOG",
@@ -232,6 +299,90 @@ impl Cluster {
     }
 }
 
+/// A peer server (Redis or NATS) started on a free loopback port.
+#[derive(Debug)]
+pub struct PeerServer {
+    pub server: Server,
+    pub addr: SocketAddr,
+}
+
+/// Find an executable on `$PATH` or in the usual system directories.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/bin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+impl PeerServer {
+    /// Start `redis-server` or `nats-server` (by `kind`: "redis" or "nats").
+    pub fn start(kind: &str) -> Result<PeerServer, ClusterError> {
+        let (prog, package) = match kind {
+            "redis" => ("redis-server", "redis-server"),
+            _ => ("nats-server", "nats-server"),
+        };
+        let bin = find_program(prog).ok_or_else(|| ClusterError::NotInstalled {
+            name: prog.into(),
+            package: package.into(),
+        })?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(ClusterError::Port)?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let p = port.to_string();
+        let args: Vec<&str> = match kind {
+            // No persistence, loopback only, as many clients as descriptors allow.
+            "redis" => vec![
+                "--port",
+                &p,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--maxclients",
+                "19000",
+                "--loglevel",
+                "warning",
+                "--daemonize",
+                "no",
+            ],
+            _ => vec!["-a", "127.0.0.1", "-p", &p],
+        };
+        let child = die_with_parent(&mut Command::new(&bin))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| ClusterError::Spawn {
+                name: prog.into(),
+                source,
+            })?;
+        let server = Server {
+            name: prog.into(),
+            child,
+            line: String::new(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(ClusterError::NotListening {
+                    name: prog.into(),
+                    addr,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(PeerServer { server, addr })
+    }
+}
+
 /// Where the server binaries are: `--bin-dir`, or beside this executable.
 pub fn default_bin_dir() -> PathBuf {
     std::env::current_exe()
@@ -250,5 +401,10 @@ mod tests {
         assert!(s.rss_bytes > 0);
         assert!(s.cpu_s >= 0.0);
         assert!(sample(Some(u32::MAX)).is_none());
+        assert!(machine_busy_s().expect("/proc/stat") >= s.cpu_s);
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let n = socket_count(std::process::id()).expect("own fds");
+        assert!(n >= 1);
+        drop(l);
     }
 }

@@ -37,7 +37,12 @@ pub struct ProcReport {
     pub name: String,
     pub pid: u32,
     pub cpu_percent_of_core: f64,
+    /// Resident memory, highest in the steady state.
     pub rss_bytes: u64,
+    /// Resident memory before the clients connected.
+    pub rss_before_clients_bytes: u64,
+    /// Sockets held (connections and listeners), counted in the steady state.
+    pub sockets: Option<u64>,
 }
 
 /// All server processes.
@@ -45,6 +50,10 @@ pub struct ProcReport {
 pub struct ServerReport {
     pub cpu_percent_of_core: f64,
     pub rss_bytes: u64,
+    /// Memory the clients added, per connected client.
+    pub rss_per_client_bytes: f64,
+    /// Sockets of every server process.
+    pub connections: u64,
     pub processes: Vec<ProcReport>,
 }
 
@@ -92,6 +101,12 @@ pub struct Report {
     pub latency_uncorrected_us: Percentiles,
     pub server: ServerReport,
     pub loadgen_cpu_percent_of_core: f64,
+    pub loadgen_processes: usize,
+    /// The whole machine's busy CPU in the steady state (servers, generator,
+    /// kernel work not charged to a process, and anything else running).
+    pub machine_cpu_percent_of_core: f64,
+    /// The kernel's ksoftirqd threads (deferred network work).
+    pub kernel_softirq_threads_cpu_percent_of_core: f64,
     pub errors: BTreeMap<String, u64>,
     pub git_sha: String,
     pub target_utterances_per_s: f64,
@@ -125,8 +140,10 @@ impl Report {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "\nelko-loadgen chat — preset {:?}, target {}, build {}",
-            s.preset, self.target, self.git_sha
+            "\nelko-loadgen chat — preset {}, target {}, build {}",
+            s.preset.name(),
+            self.target,
+            self.git_sha
         );
         let _ = writeln!(
             o,
@@ -223,18 +240,47 @@ impl Report {
         for p in &self.server.processes {
             let _ = writeln!(
                 o,
-                "  {:<20} pid {:<8} CPU {:>6.1}% of a core   RSS {:>7.1} MiB",
+                "  {:<20} pid {:<8} CPU {:>6.1}% of a core   RSS {:>7.1} MiB (before clients {:.1} MiB)   sockets {}",
                 p.name,
                 p.pid,
                 p.cpu_percent_of_core,
-                p.rss_bytes as f64 / 1048576.0
+                p.rss_bytes as f64 / 1048576.0,
+                p.rss_before_clients_bytes as f64 / 1048576.0,
+                p.sockets.map_or("?".to_string(), |n| n.to_string())
+            );
+        }
+        if self.server.rss_per_client_bytes > 0.0 {
+            let _ = writeln!(
+                o,
+                "  server memory added per connected client: {:.2} KiB",
+                self.server.rss_per_client_bytes / 1024.0
             );
         }
         let _ = writeln!(
             o,
-            "  {:<20} {:<12} CPU {:>6.1}% of a core",
-            "elko-loadgen", "(this)", self.loadgen_cpu_percent_of_core
+            "  {:<20} {:<12} CPU {:>6.1}% of a core ({} process{})",
+            "elko-loadgen",
+            "(generator)",
+            self.loadgen_cpu_percent_of_core,
+            self.loadgen_processes,
+            if self.loadgen_processes == 1 {
+                ""
+            } else {
+                "es"
+            }
         );
+        let _ = writeln!(
+            o,
+            "  {:<20} {:<12} CPU {:>6.1}% of a core (everything, in the steady state)",
+            "whole machine", "", self.machine_cpu_percent_of_core
+        );
+        if self.kernel_softirq_threads_cpu_percent_of_core >= 0.5 {
+            let _ = writeln!(
+                o,
+                "  {:<20} {:<12} CPU {:>6.1}% of a core (deferred network work)",
+                "ksoftirqd", "(kernel)", self.kernel_softirq_threads_cpu_percent_of_core
+            );
+        }
         if let Some(best) = self.max_sustained_deliveries_per_s {
             let _ = writeln!(
                 o,
@@ -282,184 +328,325 @@ impl Report {
         o
     }
 
-    /// Two panels: latency over time (p50, p99, max per second, log scale),
-    /// and the percentile distribution of the steady state.
+    /// The plot of this run alone (see [`svg`]).
     pub fn svg(&self) -> String {
-        let (w, h) = (960.0, 720.0);
-        let mut o = String::new();
+        svg(&[self])
+    }
+}
+
+const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+
+fn esc(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Two panels: latency over time (per second, log scale) and the
+/// percentile distribution of the steady state. One run shows its p50, p99
+/// and max; several runs (a comparison) show each run's p99 and distribution.
+pub fn svg(reports: &[&Report]) -> String {
+    let (w, h) = (1000.0, 790.0);
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="13">"#
+    );
+    let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let Some(first) = reports.first() else {
+        let _ = writeln!(o, "</svg>");
+        return o;
+    };
+    let title = if reports.len() == 1 {
+        format!(
+            "elko-loadgen {} — {}: {} clients, {} rooms, {:.0} deliveries/s, server CPU {:.1}% of a core",
+            first.scenario.preset.name(),
+            first.target,
+            first.clients_connected,
+            first.rooms,
+            first.achieved_deliveries_per_s,
+            first.server.cpu_percent_of_core
+        )
+    } else {
+        format!(
+            "elko-loadgen {}: {} clients, {} rooms, {:.0} deliveries/s target — {}",
+            first.scenario.preset.name(),
+            first.scenario.clients,
+            first.rooms,
+            first.target_deliveries_per_s,
+            reports
+                .iter()
+                .map(|r| r.target.as_str())
+                .collect::<Vec<_>>()
+                .join(" vs ")
+        )
+    };
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="16" font-weight="bold">{}</text>"#,
+        w / 2.0,
+        esc(&title)
+    );
+    // One log-scale latency axis for both panels: 10 µs .. the highest value.
+    let top = reports
+        .iter()
+        .flat_map(|r| {
+            r.timeline
+                .iter()
+                .map(|x| x.max_us)
+                .chain(r.distribution.iter().map(|d| d.1))
+        })
+        .max()
+        .unwrap_or(1000)
+        .max(1000);
+    let ymax = 10f64.powf((top as f64).log10().ceil());
+    let ymin = 10.0;
+    let yof = |v: u64, y0: f64, ph: f64| {
+        let v = (v as f64).clamp(ymin, ymax);
+        y0 + ph - ph * ((v / ymin).log10() / (ymax / ymin).log10())
+    };
+    let frame = |o: &mut String, x0: f64, y0: f64, pw: f64, ph: f64, title: &str, xlabel: &str| {
         let _ = writeln!(
             o,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
-        let title = format!(
-            "elko-loadgen {:?}: {} clients, {} rooms, {:.0} deliveries/s, server CPU {:.1}% of a core",
-            self.scenario.preset, self.clients_connected, self.rooms, self.achieved_deliveries_per_s, self.server.cpu_percent_of_core
+            r##"<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##
         );
         let _ = writeln!(
             o,
-            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-            w / 2.0,
-            title
+            r#"<text x="{x0}" y="{}" font-weight="bold">{}</text>"#,
+            y0 - 28.0,
+            esc(title)
         );
-        // Log-scale latency axis shared by both panels: 10 µs .. max.
-        let top = self
-            .timeline
-            .iter()
-            .map(|r| r.max_us)
-            .chain(self.distribution.iter().map(|d| d.1))
-            .max()
-            .unwrap_or(1000)
-            .max(1000);
-        let ymax = 10f64.powf((top as f64).log10().ceil());
-        let ymin = 10.0;
-        let panel = |o: &mut String, x0: f64, y0: f64, pw: f64, ph: f64, xlabel: &str| {
+        let mut d = ymin;
+        while d <= ymax {
+            let y = yof(d as u64, y0, ph);
             let _ = writeln!(
                 o,
-                r##"<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##
+                r##"<line x1="{x0}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+                x0 + pw
             );
-            let mut d = ymin;
-            while d <= ymax {
-                let y = y0 + ph - ph * ((d / ymin).log10() / (ymax / ymin).log10());
-                let _ = writeln!(
-                    o,
-                    r##"<line x1="{x0}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
-                    x0 + pw
-                );
-                let label = if d >= 1e6 {
-                    format!("{} s", d / 1e6)
-                } else if d >= 1e3 {
-                    format!("{} ms", d / 1e3)
+            let label = if d >= 1e6 {
+                format!("{} s", d / 1e6)
+            } else if d >= 1e3 {
+                format!("{} ms", d / 1e3)
+            } else {
+                format!("{d} µs")
+            };
+            let _ = writeln!(
+                o,
+                r#"<text x="{}" y="{:.1}" text-anchor="end">{label}</text>"#,
+                x0 - 6.0,
+                y + 4.0
+            );
+            d *= 10.0;
+        }
+        let _ = writeln!(
+            o,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            x0 + pw / 2.0,
+            y0 + ph + 36.0,
+            esc(xlabel)
+        );
+    };
+    let polyline = |o: &mut String, pts: &[String], color: &str, width: f64, dash: bool| {
+        if pts.is_empty() {
+            return;
+        }
+        // A path rather than a polyline: some renderers close polylines.
+        let _ = writeln!(
+            o,
+            r#"<path fill="none" stroke="{color}" stroke-width="{width}"{} d="M{}"/>"#,
+            if dash {
+                r#" stroke-dasharray="5,3""#
+            } else {
+                ""
+            },
+            pts.join(" L")
+        );
+    };
+    // Items one under the other, or in a row ending at `right` (widths
+    // estimated from the label lengths).
+    let legend = |o: &mut String,
+                  x: f64,
+                  y: f64,
+                  right: Option<f64>,
+                  items: &[(String, &str, bool)]| {
+        let width = |l: &str| 30.0 + 7.5 * l.chars().count() as f64 + 16.0;
+        let mut lx = match right {
+            Some(r) => r - items.iter().map(|i| width(&i.0)).sum::<f64>(),
+            None => x,
+        };
+        for (i, (label, color, dash)) in items.iter().enumerate() {
+            let ly = if right.is_some() {
+                y
+            } else {
+                y + 18.0 * i as f64
+            };
+            let _ = writeln!(
+                o,
+                r#"<line x1="{lx:.1}" x2="{:.1}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2.5"{}/>"#,
+                lx + 24.0,
+                if *dash {
+                    r#" stroke-dasharray="5,3""#
                 } else {
-                    format!("{d} µs")
-                };
-                let _ = writeln!(
-                    o,
-                    r#"<text x="{}" y="{:.1}" text-anchor="end">{label}</text>"#,
-                    x0 - 6.0,
-                    y + 4.0
-                );
-                d *= 10.0;
-            }
+                    ""
+                }
+            );
             let _ = writeln!(
                 o,
-                r#"<text x="{}" y="{}" text-anchor="middle">{xlabel}</text>"#,
-                x0 + pw / 2.0,
-                y0 + ph + 32.0
+                r#"<text x="{:.1}" y="{}">{}</text>"#,
+                lx + 30.0,
+                ly + 4.0,
+                esc(label)
             );
-        };
-        let yof = |v: u64, y0: f64, ph: f64| {
-            let v = (v as f64).clamp(ymin, ymax);
-            y0 + ph - ph * ((v / ymin).log10() / (ymax / ymin).log10())
-        };
-        // Panel 1: over time.
-        let (x0, y0, pw, ph) = (80.0, 50.0, 840.0, 270.0);
-        panel(
-            &mut o,
-            x0,
-            y0,
-            pw,
-            ph,
-            "time (s) — per-second latency from intended send time",
-        );
-        let tmax = self.timeline.last().map(|r| r.t_s).unwrap_or(1.0).max(1.0);
-        for (series, color, pick) in [
-            ("max", "#d62728", 2usize),
-            ("p99", "#ff7f0e", 1),
-            ("p50", "#1f77b4", 0),
+            if right.is_some() {
+                lx += width(label);
+            }
+        }
+    };
+
+    // Panel 1: latency per second over time.
+    let (x0, y0, pw, ph) = (90.0, 80.0, 860.0, 280.0);
+    frame(
+        &mut o,
+        x0,
+        y0,
+        pw,
+        ph,
+        "Latency per second (from intended send)",
+        "time since start (s) — shaded: ramp-up, not measured",
+    );
+    let tmax = reports
+        .iter()
+        .filter_map(|r| r.timeline.last().map(|x| x.t_s))
+        .fold(1.0, f64::max);
+    let xt = |t: f64| x0 + pw * t / tmax;
+    let ramp_end = first.scenario.ramp.as_secs_f64() + 2.0;
+    let _ = writeln!(
+        o,
+        r##"<rect x="{x0}" y="{y0}" width="{:.1}" height="{ph}" fill="#f2f2f2"/>"##,
+        (xt(ramp_end.min(tmax)) - x0).max(0.0)
+    );
+    let mut items = Vec::new();
+    if reports.len() == 1 {
+        for (name, color, pick, dash) in [
+            ("max", "#d62728", 2usize, false),
+            ("p99", "#ff7f0e", 1, false),
+            ("p50", "#1f77b4", 0, false),
         ] {
-            let pts: Vec<String> = self
+            let pts: Vec<String> = first
                 .timeline
                 .iter()
                 .filter(|r| r.max_us > 0)
                 .map(|r| {
                     let v = [r.p50_us, r.p99_us, r.max_us][pick];
-                    format!("{:.1},{:.1}", x0 + pw * r.t_s / tmax, yof(v, y0, ph))
+                    format!("{:.1},{:.1}", xt(r.t_s), yof(v, y0, ph))
                 })
                 .collect();
-            if !pts.is_empty() {
-                let _ = writeln!(
-                    o,
-                    r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-                    pts.join(" ")
-                );
+            polyline(&mut o, &pts, color, 1.8, dash);
+            items.push((name.to_string(), color, dash));
+        }
+    } else {
+        for (i, r) in reports.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            for (pick, dash) in [(1usize, false), (0, true)] {
+                let pts: Vec<String> = r
+                    .timeline
+                    .iter()
+                    .filter(|x| x.max_us > 0)
+                    .map(|x| {
+                        let v = [x.p50_us, x.p99_us][pick];
+                        format!("{:.1},{:.1}", xt(x.t_s), yof(v, y0, ph))
+                    })
+                    .collect();
+                polyline(&mut o, &pts, color, 1.8, dash);
             }
-            let ly = y0 + 14.0 + 16.0 * pick as f64;
-            let _ = writeln!(
-                o,
-                r#"<text x="{}" y="{ly}" fill="{color}">{series}</text>"#,
-                x0 + pw - 40.0
-            );
+            items.push((format!("{} p99", r.target), color, false));
+            items.push((format!("{} p50", r.target), color, true));
         }
-        let mut t = 0.0;
-        let step = (tmax / 10.0).max(1.0).ceil();
-        while t <= tmax {
-            let x = x0 + pw * t / tmax;
-            let _ = writeln!(
-                o,
-                r#"<text x="{x:.1}" y="{}" text-anchor="middle">{t:.0}</text>"#,
-                y0 + ph + 16.0
-            );
-            t += step;
-        }
-        // Panel 2: percentile distribution, x = log10(1 / (1 - q)).
-        let (x0, y0, pw, ph) = (80.0, 400.0, 840.0, 260.0);
-        panel(
-            &mut o,
-            x0,
-            y0,
-            pw,
-            ph,
-            "percentile — steady state, from intended send time (corrected)",
+    }
+    legend(&mut o, 0.0, y0 - 10.0, Some(x0 + pw), &items);
+    let step = (tmax / 10.0).max(1.0).ceil();
+    let mut t = 0.0;
+    while t <= tmax {
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{t:.0}</text>"#,
+            xt(t),
+            y0 + ph + 18.0
         );
-        let xmax = 5.0; // 99.999%
-        let xof = |q: f64| x0 + pw * ((1.0 / (1.0 - q).max(1e-5)).log10() / xmax).min(1.0);
-        for (q, label) in [
-            (0.0, "0%"),
-            (0.9, "90%"),
-            (0.99, "99%"),
-            (0.999, "99.9%"),
-            (0.9999, "99.99%"),
-            (0.99999, "99.999%"),
-        ] {
-            let x = xof(q);
-            let _ = writeln!(
-                o,
-                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{y0}" y2="{}" stroke="#ddd"/>"##,
-                y0 + ph
-            );
-            let _ = writeln!(
-                o,
-                r#"<text x="{x:.1}" y="{}" text-anchor="middle">{label}</text>"#,
-                y0 + ph + 16.0
-            );
-        }
-        let pts: Vec<String> = self
+        t += step;
+    }
+
+    // Panel 2: the percentile distribution, x = log10(1 / (1 - q)).
+    let (x0, y0, pw, ph) = (90.0, 460.0, 860.0, 260.0);
+    frame(
+        &mut o,
+        x0,
+        y0,
+        pw,
+        ph,
+        "Latency distribution in the steady state (from the intended send time)",
+        "percentile",
+    );
+    let xmax = 5.0; // 99.999%
+    let xof = |q: f64| x0 + pw * ((1.0 / (1.0 - q).max(1e-5)).log10() / xmax).min(1.0);
+    for (q, label) in [
+        (0.0, "0%"),
+        (0.9, "90%"),
+        (0.99, "99%"),
+        (0.999, "99.9%"),
+        (0.9999, "99.99%"),
+        (0.99999, "99.999%"),
+    ] {
+        let x = xof(q);
+        let _ = writeln!(
+            o,
+            r##"<line x1="{x:.1}" x2="{x:.1}" y1="{y0}" y2="{}" stroke="#ddd"/>"##,
+            y0 + ph
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{x:.1}" y="{}" text-anchor="middle">{label}</text>"#,
+            y0 + ph + 18.0
+        );
+    }
+    let mut items = Vec::new();
+    for (i, r) in reports.iter().enumerate() {
+        let color = if reports.len() == 1 {
+            "#2ca02c"
+        } else {
+            COLORS[i % COLORS.len()]
+        };
+        let pts: Vec<String> = r
             .distribution
             .iter()
             .map(|&(q, v)| format!("{:.1},{:.1}", xof(q), yof(v, y0, ph)))
             .collect();
-        if !pts.is_empty() {
-            let _ = writeln!(
-                o,
-                r##"<polyline fill="none" stroke="#2ca02c" stroke-width="2" points="{}"/>"##,
-                pts.join(" ")
-            );
-        }
-        let l = &self.latency_us;
-        let _ = writeln!(
-            o,
-            r#"<text x="{}" y="{}">p50 {}  p99 {}  p99.9 {}  max {}</text>"#,
-            x0 + 10.0,
-            y0 + 18.0,
-            ms(l.p50),
-            ms(l.p99),
-            ms(l.p999),
-            ms(l.max)
-        );
-        let _ = writeln!(o, "</svg>");
-        o
+        polyline(&mut o, &pts, color, 2.2, false);
+        let l = &r.latency_us;
+        items.push((
+            format!(
+                "{}: p50 {}  p99 {}  p99.9 {}  max {}",
+                r.target,
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.p999),
+                ms(l.max)
+            ),
+            color,
+            false,
+        ));
     }
+    // Bottom right: below the curves, which rise to the right.
+    legend(
+        &mut o,
+        x0 + pw - 440.0,
+        y0 + ph - 14.0 - 18.0 * (items.len() as f64 - 1.0),
+        None,
+        &items,
+    );
+    let _ = writeln!(o, "</svg>");
+    o
 }
 
 /// Points of a histogram's percentile curve, for the plot.
@@ -475,4 +662,289 @@ pub fn distribution(h: &Histogram<u64>) -> Vec<(f64, u64)> {
         x += 0.05;
     }
     v
+}
+
+/// Elko's figures over a peer's (below 1: Elko needs less / is faster).
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    pub peer: String,
+    pub server_cpu_per_delivery: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub memory_per_client: f64,
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
+}
+
+/// Elko (the first report) against each other report.
+pub fn ratios(reports: &[Report]) -> Vec<Ratios> {
+    let Some(e) = reports.first() else {
+        return Vec::new();
+    };
+    reports[1..]
+        .iter()
+        .map(|p| Ratios {
+            peer: p.target.clone(),
+            server_cpu_per_delivery: ratio(
+                e.server_cpu_us_per_delivery,
+                p.server_cpu_us_per_delivery,
+            ),
+            p99: ratio(e.latency_us.p99 as f64, p.latency_us.p99 as f64),
+            p999: ratio(e.latency_us.p999 as f64, p.latency_us.p999 as f64),
+            memory_per_client: ratio(e.server.rss_per_client_bytes, p.server.rss_per_client_bytes),
+        })
+        .collect()
+}
+
+/// Several runs of one scenario side by side, with Elko's ratios to each peer.
+pub fn comparison(reports: &[Report]) -> String {
+    let mut o = String::new();
+    let Some(first) = reports.first() else {
+        return o;
+    };
+    let s = &first.scenario;
+    let _ = writeln!(
+        o,
+        "\nside by side — preset {}: {} clients, {} rooms, one utterance per {:.2} s each, {} B, steady {:.0} s",
+        s.preset.name(),
+        s.clients,
+        s.rooms,
+        s.interval.as_secs_f64(),
+        s.message_size,
+        s.duration.as_secs_f64()
+    );
+    let _ = write!(o, "{:<34}", "");
+    for r in reports {
+        let _ = write!(o, "{:>16}", r.target);
+    }
+    let _ = writeln!(o);
+    let line = |o: &mut String, k: &str, f: &dyn Fn(&Report) -> String| {
+        let _ = write!(o, "{k:<34}");
+        for r in reports {
+            let _ = write!(o, "{:>16}", f(r));
+        }
+        let _ = writeln!(o);
+    };
+    line(&mut o, "clients connected", &|r| {
+        r.clients_connected.to_string()
+    });
+    line(&mut o, "deliveries/s", &|r| {
+        format!("{:.0}", r.achieved_deliveries_per_s)
+    });
+    line(&mut o, "lost / duplicated / out of order", &|r| {
+        format!("{}/{}/{}", r.lost, r.duplicates, r.out_of_order)
+    });
+    line(&mut o, "latency p50", &|r| ms(r.latency_us.p50));
+    line(&mut o, "latency p99", &|r| ms(r.latency_us.p99));
+    line(&mut o, "latency p99.9", &|r| ms(r.latency_us.p999));
+    line(&mut o, "latency max", &|r| ms(r.latency_us.max));
+    line(&mut o, "server CPU, % of a core", &|r| {
+        format!("{:.1}", r.server.cpu_percent_of_core)
+    });
+    line(&mut o, "server CPU per delivery, µs", &|r| {
+        format!("{:.2}", r.server_cpu_us_per_delivery)
+    });
+    line(&mut o, "server RSS, MiB", &|r| {
+        format!("{:.1}", r.server.rss_bytes as f64 / 1048576.0)
+    });
+    line(&mut o, "server memory per client, KiB", &|r| {
+        format!("{:.2}", r.server.rss_per_client_bytes / 1024.0)
+    });
+    line(&mut o, "generator CPU, % of a core", &|r| {
+        format!("{:.1}", r.loadgen_cpu_percent_of_core)
+    });
+    let _ = writeln!(o, "\nelko / peer (below 1: elko uses less or is faster)");
+    for q in ratios(reports) {
+        let _ = writeln!(
+            o,
+            "  vs {:<6} server CPU per delivery {:>6.2}x   p99 {:>6.2}x   p99.9 {:>6.2}x   memory per client {:>6.2}x",
+            q.peer, q.server_cpu_per_delivery, q.p99, q.p999, q.memory_per_client
+        );
+    }
+    for r in reports {
+        for w in &r.warnings {
+            let _ = writeln!(o, "WARNING ({}): {w}", r.target);
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::new_histogram;
+    use crate::scenario::{Preset, Scenario};
+
+    pub(crate) fn sample_report(target: &str, p99: u64, cpu_us: f64) -> Report {
+        let mut h = new_histogram();
+        for v in 1..=1000u64 {
+            let _ = h.record(v * p99 / 990);
+        }
+        Report {
+            scenario: Scenario::preset(Preset::Sun2002),
+            target: target.into(),
+            clients_connected: 8000,
+            rooms: 200,
+            duration_s: 60.0,
+            utterances_sent: 16_000,
+            deliveries_expected: 640_000,
+            deliveries_received: 640_000,
+            lost: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            latency_us: Percentiles::of(&h),
+            latency_uncorrected_us: Percentiles::of(&h),
+            server: ServerReport {
+                cpu_percent_of_core: 5.0,
+                rss_bytes: 30 << 20,
+                rss_per_client_bytes: 1000.0,
+                connections: 8002,
+                processes: vec![ProcReport {
+                    name: "elko-contextd-0".into(),
+                    pid: 1,
+                    cpu_percent_of_core: 5.0,
+                    rss_bytes: 30 << 20,
+                    rss_before_clients_bytes: 20 << 20,
+                    sockets: Some(8001),
+                }],
+            },
+            loadgen_cpu_percent_of_core: 6.0,
+            loadgen_processes: 1,
+            machine_cpu_percent_of_core: 12.0,
+            kernel_softirq_threads_cpu_percent_of_core: 0.0,
+            errors: BTreeMap::new(),
+            git_sha: "abc".into(),
+            target_utterances_per_s: 266.7,
+            target_deliveries_per_s: 10_666.7,
+            achieved_utterances_per_s: 266.7,
+            achieved_deliveries_per_s: 10_666.7,
+            server_cpu_us_per_delivery: cpu_us,
+            warnings: vec![],
+            max_steps: vec![],
+            max_sustained_deliveries_per_s: None,
+            timeline: vec![TimelineRow {
+                t_s: 1.0,
+                phase: "steady",
+                connected: 8000,
+                utterances_per_s: 266.0,
+                deliveries_per_s: 10_640.0,
+                p50_us: 300,
+                p99_us: p99,
+                max_us: p99 * 2,
+                server_cpu_percent: 5.0,
+                loadgen_cpu_percent: 6.0,
+            }],
+            distribution: distribution(&h),
+        }
+    }
+
+    #[test]
+    fn percentiles_of_a_known_histogram() {
+        let mut h = new_histogram();
+        for v in 1..=10_000u64 {
+            let _ = h.record(v);
+        }
+        let p = Percentiles::of(&h);
+        // Three significant digits: within 0.1%.
+        for (got, want) in [
+            (p.p50, 5000),
+            (p.p90, 9000),
+            (p.p99, 9900),
+            (p.p999, 9990),
+            (p.max, 10_000),
+        ] {
+            assert!(got.abs_diff(want) <= want / 1000 + 1, "{got} vs {want}");
+        }
+        assert_eq!(Percentiles::of(&new_histogram()), Percentiles::default());
+        let d = distribution(&h);
+        assert!(
+            d.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "monotonic"
+        );
+    }
+
+    #[test]
+    fn json_has_the_documented_keys() {
+        let v = serde_json::to_value(sample_report("elko", 400, 4.0)).expect("json");
+        for key in [
+            "scenario",
+            "target",
+            "clients_connected",
+            "rooms",
+            "duration_s",
+            "utterances_sent",
+            "deliveries_expected",
+            "deliveries_received",
+            "lost",
+            "duplicates",
+            "out_of_order",
+            "latency_us",
+            "latency_uncorrected_us",
+            "server",
+            "loadgen_cpu_percent_of_core",
+            "errors",
+            "git_sha",
+        ] {
+            assert!(v.get(key).is_some(), "no {key}");
+        }
+        for p in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(v["latency_us"][p].is_u64() && v["latency_uncorrected_us"][p].is_u64());
+        }
+        for k in ["cpu_percent_of_core", "rss_bytes", "processes"] {
+            assert!(v["server"].get(k).is_some(), "no server.{k}");
+        }
+        for k in [
+            "preset",
+            "clients",
+            "rooms",
+            "interval",
+            "duration",
+            "ramp",
+            "message_size",
+            "seed",
+        ] {
+            assert!(v["scenario"].get(k).is_some(), "no scenario.{k}");
+        }
+        assert_eq!(v["scenario"]["preset"], "sun2002");
+        assert!(v.get("timeline").is_none(), "the timeline goes to the CSV");
+    }
+
+    #[test]
+    fn csv_has_one_row_per_second() {
+        let r = sample_report("elko", 400, 4.0);
+        let csv = r.csv();
+        let mut lines = csv.lines();
+        assert_eq!(
+            lines.next(),
+            Some("t_s,phase,connected,utterances_per_s,deliveries_per_s,p50_us,p99_us,max_us,server_cpu_percent,loadgen_cpu_percent")
+        );
+        assert_eq!(
+            lines.next(),
+            Some("1.0,steady,8000,266.0,10640.0,300,400,800,5.0,6.0")
+        );
+        assert_eq!(lines.next(), None);
+    }
+
+    #[test]
+    fn comparison_gives_ratios_and_a_shared_plot() {
+        let runs = vec![
+            sample_report("elko", 300, 3.0),
+            sample_report("redis", 600, 4.0),
+        ];
+        let q = ratios(&runs);
+        assert_eq!(q.len(), 1);
+        assert!((q[0].server_cpu_per_delivery - 0.75).abs() < 1e-9);
+        assert!((q[0].p99 - 0.5).abs() < 0.01, "{}", q[0].p99);
+        let text = comparison(&runs);
+        assert!(text.contains("redis") && text.contains("0.75x"), "{text}");
+        let plot = svg(&runs.iter().collect::<Vec<_>>());
+        assert!(plot.contains("elko p99") && plot.contains("redis p99"));
+        assert_eq!(plot.matches("<path").count(), 6);
+    }
 }

@@ -1,53 +1,80 @@
 //! What a run does: clients, rooms, rates, durations. Presets and knobs.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// A named starting point; every knob can still be overridden.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// The 2002 test: 8000 clients, 200 rooms of 40, each speaking every 30 s on average.
     Sun2002,
     /// The same at one utterance per client per second (320k deliveries/s).
     Frantic,
-    /// As many clients as one generator process can hold, at the 2002 rate.
+    /// As many clients as this machine holds (several generator and context
+    /// server processes), at the 2002 rate.
     Scale,
     /// Raise the rate step by step until p99 passes 100 ms; report the best sustained rate.
     Max,
 }
 
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Sun2002 => "sun2002",
+            Preset::Frantic => "frantic",
+            Preset::Scale => "scale",
+            Preset::Max => "max",
+        }
+    }
+}
+
 /// Every knob of a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scenario {
     pub preset: Preset,
     pub clients: usize,
     pub rooms: usize,
     /// Mean time between one client's utterances (Poisson arrivals).
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub interval: Duration,
     /// Steady-state length (measured).
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub duration: Duration,
     /// Time over which clients connect (excluded from the figures).
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub ramp: Duration,
     pub message_size: usize,
     pub seed: u64,
-    /// Event loops of the generator.
+    /// Event loops per generator process.
     pub gen_loops: usize,
+    /// Generator processes (rooms are dealt to them whole).
+    pub gen_procs: usize,
     /// Event loops of the started contextd (0 = one per core).
     pub workers: usize,
     /// Context servers to start.
     pub contextds: usize,
     /// For `max`: length of each rate step.
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub step: Duration,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
+
+fn from_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
+}
+
+/// Most sockets one generator process is given (the hard descriptor limit on
+/// these machines is 20000; a client holds one socket, briefly two).
+pub const CLIENTS_PER_PROCESS: usize = 19_000;
+
+/// Client connections per source address before ports run short (the
+/// ephemeral range is about 28,000 ports).
+pub const CLIENTS_PER_SOURCE_IP: usize = 25_000;
 
 impl Scenario {
     /// The preset's values.
@@ -62,6 +89,7 @@ impl Scenario {
             message_size: 64,
             seed: 2002,
             gen_loops: 1,
+            gen_procs: 1,
             workers: 0,
             contextds: 1,
             step: Duration::from_secs(10),
@@ -73,17 +101,44 @@ impl Scenario {
                 ..base
             },
             Preset::Scale => Scenario {
-                clients: 18_000,
-                rooms: 450,
-                ramp: Duration::from_secs(20),
+                clients: 50_000,
+                rooms: 1250,
+                ramp: Duration::from_secs(40),
+                gen_procs: 3,
+                contextds: 3,
+                // Three context servers on a small machine: one loop each.
+                workers: 1,
                 ..base
             },
             Preset::Max => Scenario {
-                interval: Duration::from_secs(2),
+                // 40k deliveries/s at first, then 1/0.7 times more each step.
+                interval: Duration::from_secs(8),
                 duration: Duration::from_secs(120),
                 ..base
             },
         }
+    }
+
+    /// The generator processes this run needs: as asked, and at least enough
+    /// to keep each under [`CLIENTS_PER_PROCESS`] sockets.
+    pub fn processes(&self) -> usize {
+        self.gen_procs
+            .max(self.clients.div_ceil(CLIENTS_PER_PROCESS))
+            .min(self.rooms)
+            .max(1)
+    }
+
+    /// The clients of generator process `share` of `shares`, dealt to `loops`
+    /// loops. A room lives wholly in one process (its expected fanout is then
+    /// known locally); within a process clients are dealt round-robin.
+    pub fn deal(&self, share: usize, shares: usize, loops: usize) -> Vec<Vec<usize>> {
+        let rooms = self.rooms.max(1);
+        let mut out = vec![Vec::new(); loops.max(1)];
+        let mine = (0..self.clients).filter(|i| (i % rooms) % shares.max(1) == share);
+        for (n, i) in mine.enumerate() {
+            out[n % loops.max(1)].push(i);
+        }
+        out
     }
 
     /// Members per room (rounded down; the first `clients % rooms` rooms get one more).
@@ -121,6 +176,47 @@ mod tests {
         assert!((s.target_deliveries_per_s() - 10_666.7).abs() < 0.1);
         let f = Scenario::preset(Preset::Frantic);
         assert_eq!(f.target_deliveries_per_s(), 320_000.0);
+    }
+
+    #[test]
+    fn dealing_keeps_rooms_whole_and_loses_nobody() {
+        let s = Scenario {
+            clients: 1000,
+            rooms: 30,
+            ..Scenario::preset(Preset::Sun2002)
+        };
+        let mut seen = vec![0; 1000];
+        for share in 0..4 {
+            let loops = s.deal(share, 4, 2);
+            assert_eq!(loops.len(), 2);
+            assert!(loops[0].len().abs_diff(loops[1].len()) <= 1);
+            for &i in loops.iter().flatten() {
+                seen[i] += 1;
+                assert_eq!((i % 30) % 4, share, "client {i}'s room is in share {share}");
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1));
+    }
+
+    #[test]
+    fn big_runs_take_several_processes() {
+        let mut s = Scenario::preset(Preset::Sun2002);
+        assert_eq!(s.processes(), 1);
+        s.clients = 40_000;
+        assert_eq!(s.processes(), 3);
+        s.rooms = 2;
+        assert_eq!(s.processes(), 2, "no more processes than rooms");
+    }
+
+    #[test]
+    fn the_scenario_round_trips_through_json() {
+        let s = Scenario::preset(Preset::Scale);
+        let back: Scenario =
+            serde_json::from_str(&serde_json::to_string(&s).expect("json")).expect("parse");
+        assert_eq!(
+            (back.clients, back.interval, back.ramp),
+            (s.clients, s.interval, s.ramp)
+        );
     }
 
     #[test]

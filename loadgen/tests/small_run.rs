@@ -1,5 +1,7 @@
 //! A small scenario through the full path (director, redirect, token,
 //! contextd) with the real server binaries: zero loss and the JSON keys.
+//! Then the same workload split over two generator processes and two
+//! context servers, and against Redis and NATS when they are installed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -111,6 +113,11 @@ fn two_hundred_clients_ten_rooms_lose_nothing() {
         Some(2),
         "director + contextd"
     );
+    assert!(
+        v["server"]["processes"][1]["sockets"].as_u64() >= Some(200),
+        "the contextd holds every client's connection: {}",
+        v["server"]["processes"][1]
+    );
     assert_eq!(v["clients_connected"], 200);
     assert_eq!(v["lost"], 0);
     assert_eq!(v["duplicates"], 0);
@@ -120,10 +127,10 @@ fn two_hundred_clients_ten_rooms_lose_nothing() {
     assert!(expected > 30_000, "expected deliveries {expected}");
     assert_eq!(v["deliveries_received"].as_u64(), Some(expected));
     let csv = std::fs::read_to_string(&csv).expect("csv written");
-    assert!(csv.starts_with("t_s,phase,connected,"));
+    assert!(csv.starts_with("target,t_s,phase,connected,"), "{csv}");
     assert!(csv.lines().count() >= 8, "one row per second");
     let svg = std::fs::read_to_string(&svg).expect("svg written");
-    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+    assert!(svg.starts_with("<svg") && svg.contains("<path"));
     assert!(
         stdout.contains("2002 (2x400 MHz SPARC)"),
         "summary beside 2002:\n{stdout}"
@@ -172,4 +179,99 @@ fn a_breached_threshold_fails_the_run_and_a_bad_one_is_refused() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "clap usage error");
+}
+
+/// Run a short chat scenario with extra arguments; returns the JSON report.
+fn small_run(extra: &[&str], tag: &str) -> serde_json::Value {
+    let dir = bin_dir();
+    ensure_servers(&dir);
+    let json = std::env::temp_dir().join(format!("elko-loadgen-{tag}-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
+        .args([
+            "chat",
+            "--clients",
+            "120",
+            "--rooms",
+            "6",
+            "--interval",
+            "0.5",
+            "--duration",
+            "3",
+            "--ramp",
+            "1",
+        ])
+        .args(extra)
+        .arg("--bin-dir")
+        .arg(&dir)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run elko-loadgen");
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
+    let _ = std::fs::remove_file(json);
+    v
+}
+
+fn assert_all_delivered(v: &serde_json::Value, clients: u64) {
+    assert_eq!(v["clients_connected"], clients, "{v}");
+    let expected = v["deliveries_expected"].as_u64().expect("number");
+    assert!(expected > 5_000, "expected deliveries {expected}");
+    assert_eq!(v["deliveries_received"].as_u64(), Some(expected));
+    assert_eq!(
+        (
+            v["lost"].as_u64(),
+            v["duplicates"].as_u64(),
+            v["out_of_order"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
+    assert!(v["latency_us"]["p50"].as_u64() > Some(0));
+}
+
+#[test]
+fn two_generator_processes_and_two_context_servers_lose_nothing() {
+    let v = small_run(&["--gen-procs", "2", "--contextds", "2"], "split");
+    assert_all_delivered(&v, 120);
+    assert_eq!(v["loadgen_processes"], 2);
+    assert_eq!(
+        v["server"]["processes"].as_array().map(Vec::len),
+        Some(3),
+        "director + 2 contextds"
+    );
+}
+
+fn peer_installed(program: &str) -> bool {
+    let found = elko_loadgen::procs::find_program(program).is_some();
+    if !found {
+        eprintln!("SKIPPED: {program} is not installed (apt-get install {program}); the peer adapter is not tested");
+    }
+    found
+}
+
+#[test]
+fn the_redis_adapter_delivers_everything() {
+    if !peer_installed("redis-server") {
+        return;
+    }
+    let v = small_run(&["--target", "redis"], "redis");
+    assert_eq!(v["target"], "redis");
+    assert_all_delivered(&v, 120);
+}
+
+#[test]
+fn the_nats_adapter_delivers_everything() {
+    if !peer_installed("nats-server") {
+        return;
+    }
+    let v = small_run(&["--target", "nats"], "nats");
+    assert_eq!(v["target"], "nats");
+    assert_all_delivered(&v, 120);
 }
