@@ -20,6 +20,7 @@ use crate::conn::{Conn, Phase, Transfer};
 use crate::ctx::{Ctx, FIRST_CONN_TOKEN, FIRST_LISTENER_TOKEN, MAX_LISTENERS};
 use crate::handler::Handler;
 use crate::mailbox::Mail;
+use crate::out_queue::SocketSink;
 use crate::stats::LoopStats;
 use crate::timer::TimerKind;
 use bytes::Bytes;
@@ -676,7 +677,9 @@ impl<H: Handler> EventLoop<H> {
         if conn.out.is_empty() {
             return false;
         }
-        let res = conn.out.write_to(&mut conn.stream, budget);
+        let res = conn
+            .out
+            .write_to(&mut SocketSink::new(&conn.stream), budget);
         match res {
             Ok(o) => {
                 LoopStats::add(&self.cx.stats.bytes_out, o.written as u64);
@@ -737,7 +740,10 @@ impl<H: Handler> EventLoop<H> {
         if conn.phase != Phase::Connecting && !conn.out.is_empty() {
             let _ = conn
                 .out
-                .write_to(&mut conn.stream, self.cx.cfg.limits.write_budget);
+                .write_to(
+                    &mut SocketSink::new(&conn.stream),
+                    self.cx.cfg.limits.write_budget,
+                );
         }
         let _ = self.cx.registry.deregister(&mut conn.stream);
         let _ = conn.stream.shutdown(Shutdown::Write);

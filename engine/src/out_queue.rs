@@ -2,11 +2,54 @@
 //!
 //! Frames are `Bytes`, so a broadcast queues a reference-counted clone of one
 //! encoding in every member's queue instead of copying it. Writing gathers up
-//! to [`MAX_IOVECS`] frames into one `writev` call.
+//! to [`MAX_IOVECS`] frames into one `sendmsg` call; a single frame goes out
+//! with `send`.
 
 use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+
+/// Writes to a connected socket with `send`/`sendmsg` and `MSG_NOSIGNAL`.
+///
+/// Not `write`/`writev`: those go through the VFS (`vfs_writev`,
+/// `fdget_pos`), which cost about a tenth of a loopback delivery in the
+/// kernel (measured with perf on the context server at the sun2002 rate).
+/// `MSG_NOSIGNAL` turns a write to a reset peer into `EPIPE` for this
+/// connection instead of a process-wide `SIGPIPE`.
+pub struct SocketSink<'a> {
+    // Borrowed: `ManuallyDrop` so dropping the sink never closes the fd.
+    sock: std::mem::ManuallyDrop<socket2::Socket>,
+    _fd: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a> SocketSink<'a> {
+    /// A sink writing to `fd`, which must stay open while the sink lives.
+    pub fn new<F: AsRawFd>(fd: &'a F) -> SocketSink<'a> {
+        // SAFETY: the descriptor is borrowed for 'a and never closed by the
+        // sink (ManuallyDrop); socket2 only issues send/sendmsg on it.
+        let sock = unsafe { socket2::Socket::from_raw_fd(fd.as_raw_fd()) };
+        SocketSink {
+            sock: std::mem::ManuallyDrop::new(sock),
+            _fd: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Write for SocketSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.send_with_flags(buf, libc::MSG_NOSIGNAL)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match bufs {
+            [one] => self.write(one),
+            _ => self.sock.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Most frames handed to one `writev` call.
 pub const MAX_IOVECS: usize = 64;
