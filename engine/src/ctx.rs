@@ -158,7 +158,7 @@ impl<M: Send + 'static> Ctx<M> {
     /// (`None` for an outbound connection or before the handshake). A
     /// director checks a context server's Register proof against it.
     pub fn challenge(&self, id: ConnId) -> Option<[u8; 16]> {
-        self.slot_of(id).and_then(|s| self.conns[s].challenge)
+        self.slot_of(id).and_then(|s| self.conns[s].challenge.as_deref().copied())
     }
 
     /// Bytes queued to the connection and not yet written.
@@ -272,7 +272,7 @@ impl<M: Send + 'static> Ctx<M> {
         }
         let conn = &mut self.conns[slot];
         tracing::debug!(conn = ?conn.id, peer = %conn.peer, %reason, "closing connection");
-        conn.closing = Some(reason);
+        conn.closing = Some(Box::new(reason));
         self.closing.push(slot);
     }
 

@@ -346,7 +346,7 @@ impl<H: Handler> EventLoop<H> {
                 let conn = &mut self.cx.conns[slot];
                 conn.phase = Phase::Established;
                 conn.decoder.set_max_frame(max_frame);
-                conn.challenge = Some(welcome.challenge);
+                conn.challenge = Some(Box::new(welcome.challenge));
                 self.cx.send_msg(id, &welcome);
                 self.handler.on_hello(&mut self.cx, id, &hello);
             }
@@ -733,7 +733,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn finish_close(&mut self, mut conn: Conn) {
-        let reason = conn.closing.take().unwrap_or(CloseReason::Shutdown);
+        let reason = conn.closing.take().map_or(CloseReason::Shutdown, |r| *r);
         // One last best-effort write (an ErrorFrame is usually queued), then
         // discard unread input so the kernel sends FIN rather than RST and
         // the peer gets to read that frame.

@@ -3,10 +3,16 @@
 //! A sender wakes the receiving loop only when it is not already due to look
 //! at its mailbox (`wake_pending`), so a burst of mail costs one `eventfd`
 //! write, not one per message.
+//!
+//! The channel is crossbeam's unbounded (linked blocks of slots, allocated as
+//! mail arrives) with the bound checked on send: a bounded array channel
+//! allocates and stamps every slot up front, which for 65 536 slots of mail
+//! was 10 MiB of resident memory per loop before the first connection.
+//! Concurrent senders can overshoot the bound by at most one mail each.
 
 use crate::conn::Transfer;
 use crate::stats::LoopStats;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpStream;
 use mio::Waker;
 use std::net::SocketAddr;
@@ -25,16 +31,18 @@ pub(crate) enum Mail<M> {
 #[derive(Debug)]
 pub(crate) struct Mailbox<M> {
     tx: Sender<Mail<M>>,
+    capacity: usize,
     waker: Arc<Waker>,
     wake_pending: AtomicBool,
 }
 
 impl<M> Mailbox<M> {
     pub(crate) fn new(capacity: usize, waker: Arc<Waker>) -> (Mailbox<M>, Receiver<Mail<M>>) {
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let (tx, rx) = crossbeam_channel::unbounded();
         (
             Mailbox {
                 tx,
+                capacity: capacity.max(1),
                 waker,
                 wake_pending: AtomicBool::new(false),
             },
@@ -43,12 +51,15 @@ impl<M> Mailbox<M> {
     }
 
     pub(crate) fn send(&self, mail: Mail<M>) -> Result<(), Mail<M>> {
-        match self.tx.try_send(mail) {
+        if self.tx.len() >= self.capacity {
+            return Err(mail);
+        }
+        match self.tx.send(mail) {
             Ok(()) => {
                 self.wake();
                 Ok(())
             }
-            Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
+            Err(crossbeam_channel::SendError(m)) => Err(m),
         }
     }
 

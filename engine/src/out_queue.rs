@@ -55,9 +55,17 @@ impl Write for SocketSink<'_> {
 pub const MAX_IOVECS: usize = 64;
 
 /// Queued outbound frames of one connection.
+///
+/// The front frame is held inline and the rest in a `VecDeque` that exists
+/// only while two or more frames wait: at ordinary rates a connection has at
+/// most one frame queued per pass, so the usual delivery allocates nothing
+/// and an idle connection holds no queue memory at all.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    frames: VecDeque<Bytes>,
+    /// The first frame (partly written, perhaps). `None` only when empty.
+    head: Option<Bytes>,
+    /// The frames after `head`, in order.
+    rest: VecDeque<Bytes>,
     bytes: usize,
 }
 
@@ -73,8 +81,15 @@ pub struct WriteOutcome {
 impl OutQueue {
     /// Queue a frame.
     pub fn push(&mut self, frame: Bytes) {
+        if frame.is_empty() {
+            return;
+        }
         self.bytes += frame.len();
-        self.frames.push_back(frame);
+        if self.head.is_none() {
+            self.head = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
     }
 
     /// Bytes queued and not yet written.
@@ -91,14 +106,23 @@ impl OutQueue {
     /// or `budget` bytes were written.
     pub fn write_to<W: Write>(&mut self, w: &mut W, budget: usize) -> io::Result<WriteOutcome> {
         let mut written = 0;
-        while !self.frames.is_empty() && written < budget {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut n = 0;
-            for f in self.frames.iter().take(MAX_IOVECS) {
-                slices[n] = IoSlice::new(f);
-                n += 1;
+        while let Some(head) = &self.head {
+            if written >= budget {
+                break;
             }
-            match w.write_vectored(&slices[..n]) {
+            let res = if self.rest.is_empty() {
+                w.write(head)
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                slices[0] = IoSlice::new(head);
+                let mut n = 1;
+                for f in self.rest.iter().take(MAX_IOVECS - 1) {
+                    slices[n] = IoSlice::new(f);
+                    n += 1;
+                }
+                w.write_vectored(&slices[..n])
+            };
+            match res {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => {
                     written += k;
@@ -114,9 +138,9 @@ impl OutQueue {
                 Err(e) => return Err(e),
             }
         }
-        if self.frames.is_empty() && self.frames.capacity() > 16 {
-            // An idle connection should hold no large queue allocation.
-            self.frames = VecDeque::new();
+        if self.head.is_none() && self.rest.capacity() > 0 {
+            // An idle connection holds no queue memory.
+            self.rest = VecDeque::new();
         }
         Ok(WriteOutcome {
             written,
@@ -127,12 +151,12 @@ impl OutQueue {
     fn consume(&mut self, mut k: usize) {
         self.bytes -= k;
         while k > 0 {
-            let Some(front) = self.frames.front_mut() else {
+            let Some(front) = self.head.as_mut() else {
                 return;
             };
             if front.len() <= k {
                 k -= front.len();
-                self.frames.pop_front();
+                self.head = self.rest.pop_front();
             } else {
                 front.advance(k);
                 k = 0;
@@ -221,5 +245,25 @@ mod tests {
         let o = q.write_to(&mut w, 250).expect("no error");
         assert_eq!(o.written, 300);
         assert_eq!(q.len(), 700);
+    }
+
+    #[test]
+    fn one_frame_needs_no_deque_and_a_drained_queue_holds_none() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"one"));
+        assert_eq!(q.rest.capacity(), 0, "a single frame is held inline");
+        for f in [&b"two"[..], b"three", b""] {
+            q.push(Bytes::from_static(f));
+        }
+        assert_eq!(q.len(), 11, "an empty frame is not queued");
+        let mut w = Trickle {
+            out: vec![],
+            cap: 4,
+            calls_left: usize::MAX,
+        };
+        q.write_to(&mut w, usize::MAX).expect("no error");
+        assert_eq!(w.out, b"onetwothree");
+        assert!(q.is_empty() && q.head.is_none());
+        assert_eq!(q.rest.capacity(), 0, "an idle connection holds no queue memory");
     }
 }
