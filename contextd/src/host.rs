@@ -120,6 +120,48 @@ enum Session {
     },
 }
 
+/// Client sessions of this loop, indexed by the connection's slot (dense and
+/// reused, see `ConnId::slot_index`). A hash map of the same sessions cost
+/// about twice the memory per connection.
+#[derive(Debug, Default)]
+struct Sessions {
+    slots: Vec<Option<(ConnId, Session)>>,
+    len: usize,
+}
+
+impl Sessions {
+    fn get(&self, conn: &ConnId) -> Option<&Session> {
+        match self.slots.get(conn.slot_index()) {
+            Some(Some((c, s))) if c == conn => Some(s),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, conn: ConnId, session: Session) {
+        let i = conn.slot_index();
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace((conn, session)).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, conn: &ConnId) -> Option<Session> {
+        let slot = self.slots.get_mut(conn.slot_index())?;
+        if slot.as_ref().is_some_and(|(c, _)| c == conn) {
+            self.len -= 1;
+            slot.take().map(|(_, s)| s)
+        } else {
+            None
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
 #[derive(Debug)]
 struct Waiter {
     conn: ConnId,
@@ -129,10 +171,13 @@ struct Waiter {
 
 struct Member {
     conn: ConnId,
-    user: String,
+    /// Shared with the member's `Session::Entered`.
+    user: Rc<str>,
 }
 
 struct Active {
+    /// The context id, shared by every member's session.
+    name: Rc<str>,
     app: Box<dyn App>,
     members: Vec<Member>,
     context_seq: u64,
@@ -184,7 +229,7 @@ pub struct Host {
     replay: ReplayGuard,
     disk: DiskHandle,
     gauges: Arc<Vec<LoopGauge>>,
-    sessions: HashMap<ConnId, Session>,
+    sessions: Sessions,
     contexts: HashMap<String, Slot>,
     timers: Slab<TimerTarget>,
     draining: bool,
@@ -267,7 +312,7 @@ impl Host {
             replay: ReplayGuard::default(),
             disk,
             gauges,
-            sessions: HashMap::new(),
+            sessions: Sessions::default(),
             contexts: HashMap::new(),
             timers: Slab::new(),
             draining: false,
@@ -453,10 +498,12 @@ impl Host {
         if let Some(t) = a.unload_timer.take() {
             cx.cancel_timer(t);
         }
-        let first_for_user = !a.members.iter().any(|m| m.user == user);
+        let first_for_user = !a.members.iter().any(|m| *m.user == *user);
+        let name = a.name.clone();
+        let shared_user: Rc<str> = Rc::from(user.as_str());
         a.members.push(Member {
             conn,
-            user: user.clone(),
+            user: shared_user.clone(),
         });
         let mut acx = AppCx::new(now_ms());
         a.app.on_enter(&mut acx, &user);
@@ -468,7 +515,7 @@ impl Host {
         seen.insert(&user);
         for m in &a.members {
             if seen.insert(&m.user) {
-                members.push(m.user.clone());
+                members.push(m.user.to_string());
             }
         }
         let snap = Snapshot {
@@ -490,8 +537,8 @@ impl Host {
         self.sessions.insert(
             conn,
             Session::Entered {
-                context: Rc::from(context),
-                user: Rc::from(user.as_str()),
+                context: name,
+                user: shared_user,
             },
         );
         self.apply(cx, context, acx);
@@ -595,7 +642,7 @@ impl Host {
                 }
                 AppEffect::SendTo { user, op, body } => {
                     if let Ok(b) = cx.encode(&AppMessage { op, body }) {
-                        for m in a.members.iter().filter(|m| m.user == user) {
+                        for m in a.members.iter().filter(|m| *m.user == *user) {
                             cx.send(m.conn, b.clone());
                         }
                     }
@@ -624,7 +671,7 @@ impl Host {
             return;
         };
         a.members.swap_remove(pos);
-        let last_for_user = !a.members.iter().any(|m| m.user == user);
+        let last_for_user = !a.members.iter().any(|m| &*m.user == user);
         let mut acx = AppCx::new(now_ms());
         a.app.on_exit(&mut acx, user);
         if last_for_user {
@@ -836,6 +883,7 @@ impl Host {
         let app = app.map_err(|e| e.to_string())?;
         tracing::debug!(%context, generation = ?act.generation, seq, "activated");
         Ok(Active {
+            name: Rc::from(context),
             app,
             members: Vec::new(),
             context_seq: seq,
@@ -943,10 +991,10 @@ impl Host {
                 }));
                 let mut seen = std::collections::HashSet::new();
                 for m in &a.members {
-                    if seen.insert(m.user.as_str()) {
+                    if seen.insert(&*m.user) {
                         msgs.push(Message::UserEntered(UserEntered {
                             context: context.clone(),
-                            user: m.user.clone(),
+                            user: m.user.to_string(),
                         }));
                     }
                 }

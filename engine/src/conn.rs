@@ -22,6 +22,14 @@ impl ConnId {
     pub fn loop_index(self) -> usize {
         usize::from(self.loop_idx)
     }
+
+    /// The connection's slot in its loop: small, dense, and reused after
+    /// the connection closes (compare the whole `ConnId` to tell a reuse
+    /// apart). Lets a handler keep per-connection state in a vector
+    /// instead of a hash map.
+    pub fn slot_index(self) -> usize {
+        self.slot as usize
+    }
 }
 
 impl fmt::Debug for ConnId {

@@ -8,7 +8,7 @@
 //!    dispatch each complete frame to the handler as it is decoded;
 //! 3. drain the mailbox (mail, adopted connections, shutdown);
 //! 4. fire due timers;
-//! 5. flush every connection made dirty in this pass, once, with `writev`;
+//! 5. flush every connection made dirty in this pass, once, with `send` (one frame) or `sendmsg` (several);
 //!    ask for WRITABLE only after a short write;
 //! 6. reap connections marked for closing and hand off those marked for moving.
 //!

@@ -12,8 +12,8 @@
 //!   write. Loops talk only through bounded mailboxes plus a `mio::Waker`
 //!   (glommio's thread-per-core, Redis `ae.c`).
 //! - **A fixed order per pass** (see [`event_loop`](crate) docs in
-//!   `event_loop.rs`): read and dispatch, mail, timers, one `writev` flush per
-//!   dirty connection, then reap. Output produced anywhere in a pass leaves in
+//!   `event_loop.rs`): read and dispatch, mail, timers, one `send`/`sendmsg`
+//!   flush per dirty connection, then reap. Output produced anywhere in a pass leaves in
 //!   one syscall per connection.
 //! - **Limits with numbers** ([`Limits`]): frame sizes, outbound soft/hard
 //!   limits, read/write budgets per pass, handshake and idle timeouts,

@@ -1,4 +1,4 @@
-//! A connection's outbound queue: shared frames, written with writev.
+//! A connection's outbound queue: shared frames, written with send or sendmsg.
 //!
 //! Frames are `Bytes`, so a broadcast queues a reference-counted clone of one
 //! encoding in every member's queue instead of copying it. Writing gathers up
@@ -51,7 +51,7 @@ impl Write for SocketSink<'_> {
     }
 }
 
-/// Most frames handed to one `writev` call.
+/// Most frames handed to one `sendmsg` call.
 pub const MAX_IOVECS: usize = 64;
 
 /// Queued outbound frames of one connection.

@@ -19,7 +19,7 @@ pub struct LoopStats {
     pub frames_out: AtomicU64,
     /// Bytes written to sockets.
     pub bytes_out: AtomicU64,
-    /// `writev` calls.
+    /// `send`/`sendmsg` calls.
     pub writes: AtomicU64,
     /// Nanoseconds spent working (not waiting in `epoll_wait`).
     pub busy_ns: AtomicU64,

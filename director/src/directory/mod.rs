@@ -43,7 +43,14 @@ use elko_protocol::{
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A user or context id held in the per-user records. Shared, not copied:
+/// a user's record and its provider's member index point at one string, and
+/// every member of a context shares that context's name (a routed user costs
+/// about 150 bytes here instead of 360).
+type Name = Arc<str>;
 
 /// How long an ordered, unconfirmed activation still counts towards its
 /// provider's load (the "provisional bump" that spreads a burst of new
@@ -151,8 +158,8 @@ enum PlacementState {
 /// Where a user is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct UserLoc {
-    context: String,
-    provider: String,
+    context: Name,
+    provider: Name,
 }
 
 /// A provider's last LoadReport, summed over its loops.
@@ -170,11 +177,13 @@ struct Reported {
 #[derive(Debug, Default)]
 struct Resync {
     contexts: HashSet<String>,
-    members: HashSet<(String, String)>,
+    members: HashSet<(Name, Name)>,
 }
 
 #[derive(Debug)]
 struct Provider<C> {
+    /// The provider id (shared with every user record on this provider).
+    id: Name,
     conn: C,
     epoch: u64,
     client_addr: String,
@@ -191,13 +200,14 @@ struct Provider<C> {
     /// Contexts placed here (active or activating).
     contexts: HashSet<String>,
     /// Users recorded here, by context.
-    members: HashMap<String, HashSet<String>>,
+    members: HashMap<Name, HashSet<Name>>,
     resync: Option<Resync>,
 }
 
 impl<C> Provider<C> {
     fn new(conn: C, r: &Register, now: Instant) -> Self {
         Provider {
+            id: Name::from(r.provider_id.as_str()),
             conn,
             epoch: r.epoch,
             client_addr: r.client_addr.clone(),
@@ -290,7 +300,7 @@ pub struct Directory<C> {
     /// By provider id; ordered so that logs and placement ties are stable.
     providers: BTreeMap<String, Provider<C>>,
     contexts: HashMap<String, Placement>,
-    users: HashMap<String, UserLoc>,
+    users: HashMap<Name, UserLoc>,
     out: VecDeque<Output<C>>,
     stats: DirectoryStats,
 }
@@ -496,7 +506,7 @@ impl<C: Copy + Eq + Hash + Debug> Directory<C> {
     pub fn user_location(&self, user: &str) -> Option<(&str, &str)> {
         self.users
             .get(user)
-            .map(|l| (l.context.as_str(), l.provider.as_str()))
+            .map(|l| (&*l.context, &*l.provider))
     }
 
     /// Registered provider ids, sorted.
@@ -574,12 +584,12 @@ impl<C: Copy + Eq + Hash + Debug> Directory<C> {
             self.deny(conn, m.request_id, ErrorCode::INVALID_ID, detail);
             return;
         }
-        let Some(loc) = self.users.get(&m.target_user) else {
+        let Some(loc) = self.users.get(m.target_user.as_str()) else {
             let detail = format!("user {:?} is not in any context", m.target_user);
             self.deny(conn, m.request_id, ErrorCode::NO_SUCH_USER, detail);
             return;
         };
-        let context = loc.context.clone();
+        let context = loc.context.to_string();
         self.route(conn, m.request_id, m.user, context, now);
     }
 
@@ -959,13 +969,13 @@ impl<C: Copy + Eq + Hash + Debug> Directory<C> {
         let members = p.members.remove(context).unwrap_or_default();
         if let Some(r) = p.resync.as_mut() {
             r.contexts.remove(context);
-            r.members.retain(|(c, _)| c != context);
+            r.members.retain(|(c, _)| &**c != context);
         }
         for u in members {
             if self
                 .users
                 .get(&u)
-                .is_some_and(|l| l.provider == id && l.context == context)
+                .is_some_and(|l| &*l.provider == id && &*l.context == context)
             {
                 self.users.remove(&u);
             }
@@ -987,26 +997,36 @@ impl<C: Copy + Eq + Hash + Debug> Directory<C> {
             }
             self.place(&context, id, PlacementState::Active);
         }
-        let loc = UserLoc {
-            context: context.clone(),
-            provider: id.to_owned(),
+        let Some(p) = self.providers.get_mut(id) else {
+            return;
         };
-        if let Some(old) = self.users.insert(user.clone(), loc) {
-            if old.provider != id || old.context != context {
+        // One string per user and per context, shared by the records.
+        let context: Name = p
+            .members
+            .get_key_value(context.as_str())
+            .map_or_else(|| Name::from(context), |(k, _)| k.clone());
+        let user: Name = Name::from(user);
+        if let Some(r) = p.resync.as_mut() {
+            r.members.remove(&(context.clone(), user.clone()));
+        }
+        p.members
+            .entry(context.clone())
+            .or_default()
+            .insert(user.clone());
+        let loc = UserLoc {
+            context,
+            provider: p.id.clone(),
+        };
+        if let Some(old) = self.users.insert(user.clone(), loc.clone()) {
+            if old.provider != loc.provider || old.context != loc.context {
                 self.drop_member_record(&old.provider, &old.context, &user);
             }
-        }
-        if let Some(p) = self.providers.get_mut(id) {
-            if let Some(r) = p.resync.as_mut() {
-                r.members.remove(&(context.clone(), user.clone()));
-            }
-            p.members.entry(context).or_default().insert(user);
         }
     }
 
     fn user_exited(&mut self, id: &str, context: &str, user: &str) {
         if let Some(r) = self.providers.get_mut(id).and_then(|p| p.resync.as_mut()) {
-            r.members.remove(&(context.to_owned(), user.to_owned()));
+            r.members.remove(&(Name::from(context), Name::from(user)));
         }
         self.forget_member(id, context, user);
     }
@@ -1017,7 +1037,7 @@ impl<C: Copy + Eq + Hash + Debug> Directory<C> {
         if self
             .users
             .get(user)
-            .is_some_and(|l| l.provider == id && l.context == context)
+            .is_some_and(|l| &*l.provider == id && &*l.context == context)
         {
             self.users.remove(user);
         }
@@ -1094,7 +1114,7 @@ impl<C: Copy + Eq + Hash + Debug> Directory<C> {
                 if self
                     .users
                     .get(&u)
-                    .is_some_and(|l| l.provider == id && l.context == c)
+                    .is_some_and(|l| &*l.provider == id && l.context == c)
                 {
                     self.users.remove(&u);
                     users += 1;
