@@ -111,6 +111,9 @@ mod tests {
     #[test]
     fn a_connection_stays_small() {
         let size = std::mem::size_of::<super::Conn>();
-        assert!(size <= 248, "Conn grew to {size} bytes");
+        // 248 in release; mio's streams carry a selector id with debug
+        // assertions on.
+        let limit = if cfg!(debug_assertions) { 264 } else { 248 };
+        assert!(size <= limit, "Conn grew to {size} bytes");
     }
 }
