@@ -158,7 +158,8 @@ impl<M: Send + 'static> Ctx<M> {
     /// (`None` for an outbound connection or before the handshake). A
     /// director checks a context server's Register proof against it.
     pub fn challenge(&self, id: ConnId) -> Option<[u8; 16]> {
-        self.slot_of(id).and_then(|s| self.conns[s].challenge.as_deref().copied())
+        self.slot_of(id)
+            .and_then(|s| self.conns[s].challenge.as_deref().copied())
     }
 
     /// Bytes queued to the connection and not yet written.
@@ -328,38 +329,7 @@ impl<M: Send + 'static> Ctx<M> {
         addr: SocketAddr,
         local_ip: Option<IpAddr>,
     ) -> io::Result<ConnId> {
-        let stream = match local_ip {
-            None => TcpStream::connect(addr)?,
-            Some(ip) => {
-                let sock = socket2::Socket::new(
-                    socket2::Domain::for_address(addr),
-                    socket2::Type::STREAM,
-                    Some(socket2::Protocol::TCP),
-                )?;
-                sock.set_nonblocking(true)?;
-                // Let connect() choose the port (unique per 4-tuple):
-                // binding port 0 scans every bound port, which takes
-                // milliseconds per socket past a few thousand.
-                let one: libc::c_int = 1;
-                // SAFETY: setsockopt on our own socket with a c_int value.
-                unsafe {
-                    libc::setsockopt(
-                        std::os::fd::AsRawFd::as_raw_fd(&sock),
-                        libc::IPPROTO_IP,
-                        libc::IP_BIND_ADDRESS_NO_PORT,
-                        (&one as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                    )
-                };
-                sock.bind(&SocketAddr::new(ip, 0).into())?;
-                match sock.connect(&addr.into()) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-                    Err(e) => return Err(e),
-                }
-                TcpStream::from_std(sock.into())
-            }
-        };
+        let stream = connect_stream(addr, local_ip)?;
         let hello = Hello {
             magic: MAGIC,
             min_version: MIN_PROTOCOL_VERSION,
@@ -444,4 +414,39 @@ impl<M: Send + 'static> Ctx<M> {
             self.dirty.push(slot);
         }
     }
+}
+
+/// Start a non-blocking TCP connect to `addr`, from `local_ip` if given.
+///
+/// With a local address the socket is bound with `IP_BIND_ADDRESS_NO_PORT`,
+/// so connect() chooses the port (unique per 4-tuple): binding port 0 scans
+/// every bound port, which takes milliseconds per socket past a few thousand.
+pub fn connect_stream(addr: SocketAddr, local_ip: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(ip) = local_ip else {
+        return TcpStream::connect(addr);
+    };
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_nonblocking(true)?;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on our own socket with a c_int value.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    sock.bind(&SocketAddr::new(ip, 0).into())?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(sock.into()))
 }

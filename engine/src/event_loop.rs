@@ -738,12 +738,10 @@ impl<H: Handler> EventLoop<H> {
         // discard unread input so the kernel sends FIN rather than RST and
         // the peer gets to read that frame.
         if conn.phase != Phase::Connecting && !conn.out.is_empty() {
-            let _ = conn
-                .out
-                .write_to(
-                    &mut SocketSink::new(&conn.stream),
-                    self.cx.cfg.limits.write_budget,
-                );
+            let _ = conn.out.write_to(
+                &mut SocketSink::new(&conn.stream),
+                self.cx.cfg.limits.write_budget,
+            );
         }
         let _ = self.cx.registry.deregister(&mut conn.stream);
         let _ = conn.stream.shutdown(Shutdown::Write);

@@ -37,7 +37,7 @@ mod timer;
 pub use close::{CloseKind, CloseReason};
 pub use config::{AcceptMode, EngineConfig, Limits};
 pub use conn::ConnId;
-pub use ctx::{Ctx, MAX_LISTENERS};
+pub use ctx::{connect_stream, Ctx, MAX_LISTENERS};
 pub use engine::{bind_listener, Engine, Poster};
 pub use handler::Handler;
 pub use out_queue::{OutQueue, WriteOutcome};

@@ -264,6 +264,10 @@ mod tests {
         q.write_to(&mut w, usize::MAX).expect("no error");
         assert_eq!(w.out, b"onetwothree");
         assert!(q.is_empty() && q.head.is_none());
-        assert_eq!(q.rest.capacity(), 0, "an idle connection holds no queue memory");
+        assert_eq!(
+            q.rest.capacity(),
+            0,
+            "an idle connection holds no queue memory"
+        );
     }
 }

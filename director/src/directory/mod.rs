@@ -504,9 +504,7 @@ impl<C: Copy + Eq + Hash + Debug> Directory<C> {
 
     /// The (context, provider) where `user` is, as last reported.
     pub fn user_location(&self, user: &str) -> Option<(&str, &str)> {
-        self.users
-            .get(user)
-            .map(|l| (&*l.context, &*l.provider))
+        self.users.get(user).map(|l| (&*l.context, &*l.provider))
     }
 
     /// Registered provider ids, sorted.

@@ -525,37 +525,7 @@ impl<W: Wire> PeerLoop<W> {
 }
 
 fn open_stream(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let stream = match source {
-        None => TcpStream::connect(addr)?,
-        Some(ip) => {
-            let sock = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                Some(socket2::Protocol::TCP),
-            )?;
-            sock.set_nonblocking(true)?;
-            // Let connect() choose the port: binding port 0 scans every
-            // bound port, which takes milliseconds per socket past a few thousand.
-            let one: libc::c_int = 1;
-            // SAFETY: setsockopt on our own socket with a c_int value.
-            unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&sock),
-                    libc::IPPROTO_IP,
-                    libc::IP_BIND_ADDRESS_NO_PORT,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            sock.bind(&SocketAddr::new(ip, 0).into())?;
-            match sock.connect(&addr.into()) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-                Err(e) => return Err(e),
-            }
-            TcpStream::from_std(sock.into())
-        }
-    };
+    let stream = elko_engine::connect_stream(addr, source)?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
