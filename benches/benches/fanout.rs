@@ -14,11 +14,11 @@
 //!   connection to get its Welcome is the sender. It keeps `window`
 //!   broadcasts in flight: one more is sent each time one has reached all N
 //!   connections. Window 1 is one message at a time (every delivery is its
-//!   own `writev`); window 8 lets the server batch.
+//!   own `send`); window 8 lets the server batch.
 //! - **Measured**, after a warm-up, over `FANOUT_SECS` (default 3) seconds:
 //!   frames the clients received; CPU time of the server's loop threads
 //!   (`/proc/self/task/*/schedstat`); allocations made on the server's
-//!   threads (a counting global allocator); the server's `writev` calls and
+//!   threads (a counting global allocator); the server's `send`/`sendmsg` calls and
 //!   passes; the machine-wide CPU split from `/proc/stat`.
 //!
 //! Client and server share the machine: with 2 cores, the client loop takes
@@ -369,7 +369,7 @@ fn report(o: &Outcome) {
     let wall = o.secs;
     println!(
         "n={n:<5} loops={server_loops} window={window}: {:>9.0} deliveries/s ({:.0} broadcasts/s), \
-         server {:.0}% of a core = {:.3} µs/delivery, {:.1} frames/writev, {:.1} passes/broadcast, \
+         server {:.0}% of a core = {:.3} µs/delivery, {:.1} frames/send, {:.1} passes/broadcast, \
          {:.4} allocs/delivery ({:.2}/broadcast); client {:.0}% = {:.3} µs/delivery, {:.3} allocs/delivery; \
          machine user {:.0}% sys {:.0}% irq {:.0}% idle {:.0}% (of 2 cores = 200%); connections per loop {:?}",
         o.rate(),
@@ -417,7 +417,7 @@ fn report(o: &Outcome) {
 
 fn table(outcomes: &[Outcome]) {
     println!();
-    println!("| N | server loops | window | deliveries/s | server CPU (% of a core) | server CPU per delivery | frames per writev | server allocs per delivery | client CPU (% of a core) | other processes (% of a core) |");
+    println!("| N | server loops | window | deliveries/s | server CPU (% of a core) | server CPU per delivery | frames per send | server allocs per delivery | client CPU (% of a core) | other processes (% of a core) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for o in outcomes {
         let wall = o.secs;

@@ -8,7 +8,7 @@
 //! selects one engine's loops.
 //!
 //! Kernel work done in a thread's context counts as that thread's time: on
-//! loopback, a `writev` also runs the receive path into the peer's socket
+//! loopback, a `send` also runs the receive path into the peer's socket
 //! (softirq), so a sender is charged for part of its receiver's work. (With
 //! `CONFIG_IRQ_TIME_ACCOUNTING` on, softirq time is accounted apart instead.)
 //! [`MachineCpu`] reads the machine-wide split from `/proc/stat`, so a report

@@ -440,11 +440,22 @@ impl<H: Handler> EventLoop<H> {
                     // Without this, an edge-triggered listener would leave
                     // the peer hanging in the backlog.
                     if self.reserve_fd.take().is_some() {
-                        if let Ok((stream, peer)) = listener.accept() {
-                            tracing::warn!(%peer, "out of file descriptors; refusing connection as SERVER_FULL");
-                            self.refuse_full(stream);
-                        }
+                        let refused = match listener.accept() {
+                            Ok((stream, peer)) => {
+                                tracing::warn!(%peer, "out of file descriptors; refusing connection as SERVER_FULL");
+                                self.refuse_full(stream);
+                                true
+                            }
+                            Err(_) => false,
+                        };
                         self.reserve_fd = File::open("/dev/null").ok();
+                        // The kernel reports EMFILE before it looks at the
+                        // backlog: with nobody waiting, the next accept fails
+                        // the same way again. Go on only after a refusal (more
+                        // peers may wait); otherwise the backlog is empty.
+                        if !refused {
+                            return;
+                        }
                     } else {
                         tracing::warn!(
                             "out of file descriptors; retrying accept in {ACCEPT_RETRY:?}"
