@@ -7,10 +7,13 @@
 //!   bound to (context, user), expiring and single use.
 //! - [`auth`]: the proof a context server gives when it registers with a
 //!   director.
+//! - [`admin`]: the operator's HTTP endpoint (metrics, state, commands) that
+//!   both servers run on a thread of its own.
 //!
-//! Pure code: no sockets and no clocks (times are passed in), so every rule
-//! is tested with a fake clock.
+//! The first three are pure code: no sockets and no clocks (times are passed
+//! in), so every rule is tested with a fake clock.
 
+pub mod admin;
 pub mod auth;
 pub mod secret;
 pub mod token;

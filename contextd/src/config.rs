@@ -75,6 +75,10 @@ pub struct Args {
     /// Graceful shutdown: how long to flush before closing, ms [default: 2000].
     #[arg(long, env = "ELKO_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Address of the operator's HTTP endpoint: GET /metrics (Prometheus), GET /health
+    /// [default: off; port 0 picks one].
+    #[arg(long, env = "ELKO_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Why the configuration is unusable.
@@ -115,6 +119,8 @@ pub struct Config {
     pub disk_threads: usize,
     pub max_connections_per_loop: usize,
     pub shutdown_grace: Duration,
+    /// The operator endpoint's address, if it is on.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 macro_rules! fill {
@@ -143,7 +149,8 @@ impl Args {
             entry_wait_ms,
             disk_threads,
             max_connections_per_loop,
-            shutdown_grace_ms
+            shutdown_grace_ms,
+            admin_listen
         );
         self
     }
@@ -205,6 +212,7 @@ impl Config {
             disk_threads: a.disk_threads.unwrap_or(2).max(1),
             max_connections_per_loop: a.max_connections_per_loop.unwrap_or(100_000),
             shutdown_grace: ms(a.shutdown_grace_ms, 2_000),
+            admin_listen: a.admin_listen,
         })
     }
 }

@@ -9,6 +9,7 @@
 //! - [`io`]: disk threads, so no loop ever waits for the disk.
 //! - [`config`], [`server`]: configuration and wiring.
 
+pub mod admin;
 pub mod app;
 pub mod checkpoint;
 pub mod config;

@@ -34,8 +34,12 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let admin = server
+        .admin_addr()
+        .map(|a| format!(" admin={a}"))
+        .unwrap_or_default();
     println!(
-        "elko-contextd listening clients={} provider_id={}",
+        "elko-contextd listening clients={} provider_id={}{admin}",
         server.local_addr, server.provider_id
     );
     // First signal: graceful stop. Second: exit at once.

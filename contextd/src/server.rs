@@ -4,6 +4,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::host::{Host, HostConfig, LoopGauge};
 use crate::io::DiskPool;
+use elko_cluster::admin::AdminServer;
 use elko_cluster::ClusterSecret;
 use elko_engine::{Engine, EngineConfig, Limits};
 use std::net::SocketAddr;
@@ -20,6 +21,8 @@ pub struct Server {
     pub local_addr: SocketAddr,
     /// This server's provider id.
     pub provider_id: String,
+    /// The operator endpoint, when `--admin-listen` is on.
+    admin: Option<AdminServer>,
 }
 
 /// Why the server did not start.
@@ -36,6 +39,11 @@ pub enum StartError {
     },
     #[error("cannot start threads: {0}")]
     Threads(std::io::Error),
+    #[error("cannot listen on admin={addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl Server {
@@ -46,6 +54,9 @@ impl Server {
             std::env::var("ELKO_SECRET").ok().as_deref(),
         )?;
         secret.check_bind(cfg.listen)?;
+        if let Some(addr) = cfg.admin_listen {
+            secret.check_bind(addr)?;
+        }
         if secret.is_development() {
             tracing::warn!(
                 "using the development cluster secret: only loopback addresses are allowed"
@@ -105,7 +116,7 @@ impl Server {
             max_text_len: ecfg.limits.max_text_len,
             max_frame: ecfg.limits.max_frame,
         });
-        let (dh, g) = (disk.clone(), gauges.clone());
+        let (dh, g, admin_gauges) = (disk.clone(), gauges.clone(), gauges.clone());
         let engine = Engine::start(ecfg, Some(bound), move |i| {
             Host::new(i, loops, hc.clone(), dh.clone(), g.clone())
         })
@@ -123,18 +134,43 @@ impl Server {
             engine.poster(),
         )
         .map_err(StartError::Threads)?;
+        let admin = match cfg.admin_listen {
+            Some(addr) => {
+                let handler = crate::admin::handler(
+                    cfg.provider_id.clone(),
+                    admin_gauges,
+                    engine.stats().to_vec(),
+                );
+                match AdminServer::start(addr, "contextd-admin", handler) {
+                    Ok(a) => Some(a),
+                    Err(source) => {
+                        engine.shutdown(Duration::ZERO);
+                        disk.finish();
+                        return Err(StartError::Admin { addr, source });
+                    }
+                }
+            }
+            None => None,
+        };
         Ok(Server {
             local_addr: bound,
             provider_id: cfg.provider_id,
             engine,
             disk,
             grace: cfg.shutdown_grace,
+            admin,
         })
+    }
+
+    /// The operator endpoint's address, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// Graceful stop: clients are sent back to the director, every context
     /// is checkpointed, directors are told; returns when all is on disk.
     pub fn shutdown(self) {
+        drop(self.admin);
         self.engine.shutdown(self.grace);
         self.disk.finish();
     }

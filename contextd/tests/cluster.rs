@@ -114,6 +114,94 @@ fn enter_say_join_leave_and_history_through_director_and_contextd() {
     }
 }
 
+/// The value of one sample line (`name{labels} value`) summed over every
+/// series whose name and labels start with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn operators_read_metrics_of_both_servers_and_drain_a_contextd_through_the_director() {
+    use elko_cluster::admin::http_request;
+    let dir = TempDir::new("admin");
+    let d = start_director_with(100, &["--admin-listen", "127.0.0.1:0"]);
+    let c = start_contextd(
+        &[&d],
+        &dir.0,
+        "cd-admin",
+        &["--admin-listen", "127.0.0.1:0"],
+    );
+    let (d_admin, c_admin) = (
+        d.admin.expect("director admin="),
+        c.admin.expect("contextd admin="),
+    );
+    let get = |addr, target: &str| {
+        let (status, body) = http_request(addr, "GET", target).expect(target);
+        assert_eq!(status, 200, "{target}: {body}");
+        body
+    };
+    assert_eq!(get(c_admin, "/health"), "ok\n");
+
+    let mut alice = wait_for(Duration::from_secs(10), "a registered contextd", || {
+        let (addr, tok) = match std::panic::catch_unwind(|| ask(d.clients, "alice", "room/1")) {
+            Ok(v) => v,
+            Err(_) => return None,
+        };
+        Member::enter_at(addr, "alice", "room/1", tok).ok()
+    });
+    alice.say("hello");
+    assert_eq!(alice.said(1)[0].2, "hello");
+
+    // The context server counts what it hosts, per loop.
+    wait_for(
+        Duration::from_secs(5),
+        "contextd metrics with alice",
+        || {
+            let m = get(c_admin, "/metrics");
+            (metric_sum(&m, "elko_contextd_contexts{") == 1.0
+                && metric_sum(&m, "elko_contextd_users{") == 1.0
+                && metric_sum(&m, "elko_contextd_loop_frames_in_total{") >= 2.0)
+                .then_some(())
+        },
+    );
+    // The director sees it through the load reports.
+    wait_for(
+        Duration::from_secs(5),
+        "director metrics with alice",
+        || {
+            let m = get(d_admin, "/metrics");
+            (metric_sum(&m, "elko_director_contexts_active ") == 1.0
+                && metric_sum(&m, "elko_director_provider_users{provider=\"cd-admin\"}") == 1.0
+                && metric_sum(&m, "elko_director_redirects_total ") >= 1.0)
+                .then_some(())
+        },
+    );
+
+    // Drain: the client is sent back through the director, and nothing new
+    // is placed on the drained server.
+    let (status, body) =
+        http_request(d_admin, "POST", "/drain?provider=cd-admin").expect("POST /drain");
+    assert_eq!(status, 200, "{body}");
+    match alice.next() {
+        Message::ReEnter(r) => assert_eq!(r.reason, ReEnterReason::DRAIN),
+        other => panic!("expected ReEnter DRAIN, got {other:?}"),
+    }
+    assert!(get(d_admin, "/providers").contains("\"draining\":true"));
+    let mut client = Conn::connect(d.clients);
+    client.send(&elko_protocol::EnterContext {
+        request_id: 5,
+        user: "bob".into(),
+        context: "room/2".into(),
+    });
+    match client.recv() {
+        Some(Message::Denied(x)) => assert_eq!(x.code, ErrorCode::NO_CAPACITY),
+        other => panic!("expected Denied NO_CAPACITY, got {other:?}"),
+    }
+}
+
 /// Wait until `context` is unloaded: its lock file is released (empty).
 fn wait_unloaded(dir: &Path) {
     wait_for(Duration::from_secs(10), "unload (lock released)", || {

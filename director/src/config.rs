@@ -33,6 +33,7 @@ dashes, kebab-case); unknown keys are refused. Example:
     token-ttl-ms = 30000
     report-interval-ms = 1000
     dead-after-reports = 3
+    admin-listen = \"127.0.0.1:7702\"
 
 Cluster secret: --secret-file (or ELKO_SECRET_FILE), else the secret itself in
 ELKO_SECRET, else `secret-file` from the --config file, else the built-in
@@ -40,7 +41,8 @@ development secret, with which the director refuses to listen on anything but
 loopback addresses.
 
 Logging: RUST_LOG (default `info`), to stderr. On start-up the director prints
-one line to stdout: `elko-director listening clients=ADDR providers=ADDR`.
+one line to stdout: `elko-director listening clients=ADDR providers=ADDR`, with
+` admin=ADDR` at the end when --admin-listen is on.
 SIGTERM/SIGINT: graceful shutdown (exit 0); a second signal exits at once (130).";
 
 /// Command line (each flag also read from its environment variable).
@@ -80,6 +82,11 @@ pub struct Cli {
     #[arg(long, env = "ELKO_DEAD_AFTER_REPORTS", value_name = "N")]
     pub dead_after_reports: Option<u32>,
 
+    /// Address of the operator's HTTP endpoint: GET /metrics (Prometheus), GET /providers,
+    /// POST /drain?provider=ID (from loopback only), GET /health [default: off; port 0 picks one]
+    #[arg(long, env = "ELKO_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// TOML file with any of the settings above (keys as the flags, kebab-case)
     #[arg(long, env = "ELKO_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -96,6 +103,7 @@ pub struct FileConfig {
     pub token_ttl_ms: Option<u64>,
     pub report_interval_ms: Option<u64>,
     pub dead_after_reports: Option<u32>,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Why the configuration cannot be used.
@@ -143,6 +151,8 @@ pub struct Settings {
     pub token_ttl_ms: u64,
     pub report_interval: Duration,
     pub dead_after_reports: u32,
+    /// The operator endpoint's address, if it is on.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl FileConfig {
@@ -212,6 +222,7 @@ impl Settings {
                 .dead_after_reports
                 .or(file.dead_after_reports)
                 .unwrap_or(DEFAULT_DEAD_AFTER_REPORTS),
+            admin_listen: cli.admin_listen.or(file.admin_listen),
         };
         s.check()?;
         Ok(s)

@@ -8,6 +8,7 @@
 //!   one event loop.
 //! - [`config`]: command line, environment and TOML file, merged.
 
+pub mod admin;
 pub mod config;
 pub mod directory;
 pub mod server;

@@ -7,6 +7,7 @@
 //! second signal interrupts the graceful shutdown.
 
 use clap::Parser;
+use elko_cluster::admin::AdminServer;
 use elko_cluster::ClusterSecret;
 use elko_director::config::{Cli, SecretSource, Settings};
 use elko_director::directory::{Directory, DirectoryConfig};
@@ -38,7 +39,10 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(2, &e),
     };
-    for addr in [settings.client_listen, settings.provider_listen] {
+    for addr in [settings.client_listen, settings.provider_listen]
+        .into_iter()
+        .chain(settings.admin_listen)
+    {
         if let Err(e) = secret.check_bind(addr) {
             return fail(2, &e);
         }
@@ -101,17 +105,35 @@ fn main() -> ExitCode {
             )
         }
     };
+    let admin = match settings.admin_listen {
+        Some(addr) => {
+            let handler = elko_director::admin::handler(engine.poster(), engine.stats().to_vec());
+            match AdminServer::start(addr, "director-admin", handler) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    engine.shutdown(Duration::ZERO);
+                    return fail(1, &format!("cannot listen on admin={addr}: {e}"));
+                }
+            }
+        }
+        None => None,
+    };
+    let admin_field = admin
+        .as_ref()
+        .map(|a| format!(" admin={}", a.local_addr()))
+        .unwrap_or_default();
     let addrs = engine.local_addrs();
     tracing::info!(
         director_id = %settings.director_id,
         clients = %addrs[0],
         providers = %addrs[1],
+        admin = ?admin.as_ref().map(AdminServer::local_addr),
         "director started"
     );
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "elko-director listening clients={} providers={}",
+        "elko-director listening clients={} providers={}{admin_field}",
         addrs[0], addrs[1]
     );
     let _ = out.flush();

@@ -23,6 +23,7 @@
 //! with the time read once per callback, and [`Output`]s become `send` and
 //! `close` calls.
 
+use crate::admin::AdminMail;
 use crate::directory::{Directory, Now, Output};
 use elko_engine::{CloseReason, ConnId, Ctx, Handler, TimerId};
 use elko_protocol::{Frame, Hello};
@@ -63,7 +64,7 @@ impl DirectorHandler {
         (report_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
-    fn now(cx: &Ctx<()>) -> Now {
+    fn now(cx: &Ctx<AdminMail>) -> Now {
         let wall_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -75,7 +76,7 @@ impl DirectorHandler {
     }
 
     /// Carry out what the directory asked for.
-    fn flush(&mut self, cx: &mut Ctx<()>) {
+    fn flush(&mut self, cx: &mut Ctx<AdminMail>) {
         while let Some(out) = self.dir.poll_output() {
             match out {
                 Output::Send { conn, msg } => match msg.to_bytes() {
@@ -93,7 +94,7 @@ impl DirectorHandler {
         }
     }
 
-    fn log_summary(&mut self, cx: &Ctx<()>) {
+    fn log_summary(&mut self, cx: &Ctx<AdminMail>) {
         let s = self.dir.summary();
         let (since, enters_before) = self.last_summary;
         let secs = cx.now().saturating_duration_since(since).as_secs_f64();
@@ -144,15 +145,15 @@ impl DirectorHandler {
 }
 
 impl Handler for DirectorHandler {
-    type Mail = ();
+    type Mail = AdminMail;
 
-    fn on_start(&mut self, cx: &mut Ctx<()>) {
+    fn on_start(&mut self, cx: &mut Ctx<AdminMail>) {
         self.last_summary = (cx.now(), 0);
         cx.set_timer(self.tick_every, TIMER_TICK);
         cx.set_timer(SUMMARY_INTERVAL, TIMER_SUMMARY);
     }
 
-    fn on_hello(&mut self, cx: &mut Ctx<()>, conn: ConnId, _hello: &Hello) {
+    fn on_hello(&mut self, cx: &mut Ctx<AdminMail>, conn: ConnId, _hello: &Hello) {
         match cx.listener_of(conn) {
             Some(CLIENT_LISTENER) => self.dir.handle_client_open(conn),
             Some(PROVIDER_LISTENER) => match cx.challenge(conn) {
@@ -172,7 +173,7 @@ impl Handler for DirectorHandler {
         }
     }
 
-    fn on_frame(&mut self, cx: &mut Ctx<()>, conn: ConnId, frame: Frame) {
+    fn on_frame(&mut self, cx: &mut Ctx<AdminMail>, conn: ConnId, frame: Frame) {
         match frame.decode() {
             Ok(msg) => {
                 let now = Self::now(cx);
@@ -183,13 +184,13 @@ impl Handler for DirectorHandler {
         }
     }
 
-    fn on_close(&mut self, cx: &mut Ctx<()>, conn: ConnId, reason: &CloseReason) {
+    fn on_close(&mut self, cx: &mut Ctx<AdminMail>, conn: ConnId, reason: &CloseReason) {
         tracing::debug!(?conn, %reason, "connection closed");
         self.dir.handle_closed(conn);
         self.flush(cx);
     }
 
-    fn on_timer(&mut self, cx: &mut Ctx<()>, _timer: TimerId, data: u64) {
+    fn on_timer(&mut self, cx: &mut Ctx<AdminMail>, _timer: TimerId, data: u64) {
         match data {
             TIMER_TICK => {
                 let now = Self::now(cx);
@@ -205,7 +206,19 @@ impl Handler for DirectorHandler {
         }
     }
 
-    fn on_shutdown(&mut self, cx: &mut Ctx<()>) {
+    fn on_mail(&mut self, cx: &mut Ctx<AdminMail>, mail: AdminMail) {
+        match mail {
+            AdminMail::State(reply) => {
+                let _ = reply.send((self.dir.summary(), self.dir.provider_views(cx.now())));
+            }
+            AdminMail::Drain(provider, reply) => {
+                let _ = reply.send(self.dir.drain_provider(&provider));
+                self.flush(cx);
+            }
+        }
+    }
+
+    fn on_shutdown(&mut self, cx: &mut Ctx<AdminMail>) {
         tracing::info!("shutting down");
         self.log_summary(cx);
     }

@@ -28,6 +28,7 @@ const ENV: &[&str] = &[
     "ELKO_REPORT_INTERVAL_MS",
     "ELKO_DEAD_AFTER_REPORTS",
     "ELKO_CONFIG",
+    "ELKO_ADMIN_LISTEN",
 ];
 
 /// A running director; killed on drop unless it already exited.
@@ -35,6 +36,8 @@ struct Director {
     child: Child,
     clients: SocketAddr,
     providers: SocketAddr,
+    /// The operator endpoint, when started with --admin-listen.
+    admin: Option<SocketAddr>,
 }
 
 fn command(args: &[&str]) -> Command {
@@ -85,6 +88,7 @@ impl Director {
             child,
             clients: "0.0.0.0:0".parse().expect("addr"),
             providers: "0.0.0.0:0".parse().expect("addr"),
+            admin: None,
         };
         let rest = line
             .strip_prefix("elko-director listening ")
@@ -93,6 +97,7 @@ impl Director {
             match part.split_once('=') {
                 Some(("clients", a)) => guard.clients = a.parse().expect("client addr"),
                 Some(("providers", a)) => guard.providers = a.parse().expect("provider addr"),
+                Some(("admin", a)) => guard.admin = Some(a.parse().expect("admin addr")),
                 _ => panic!("unexpected start-up line {line:?}"),
             }
         }
@@ -319,6 +324,80 @@ fn provider_registers_and_a_client_is_redirected_to_it() {
         Message::Denied(d) => assert_eq!(d.code, ErrorCode::INVALID_ID),
         other => panic!("expected Denied, got {other:?}"),
     }
+}
+
+#[test]
+fn the_admin_endpoint_reports_metrics_and_drains_a_provider() {
+    use elko_cluster::admin::http_request;
+    let d = Director::start(&[
+        "--report-interval-ms",
+        "5000",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let admin = d.admin.expect("admin= in the start-up line");
+    let get = |target: &str| http_request(admin, "GET", target).expect(target);
+    let post = |target: &str| http_request(admin, "POST", target).expect(target);
+
+    assert_eq!(get("/health"), (200, "ok\n".to_string()));
+    let (status, metrics) = get("/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "elko_director_providers 0",
+        "elko_director_enters_total 0",
+        "elko_director_loop_connections{loop=\"0\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+
+    let mut provider = register(&d, "cd-1", true);
+    assert!(matches!(provider.recv(), Message::Registered(_)));
+    let (status, json) = get("/providers");
+    assert_eq!(status, 200);
+    assert!(
+        json.contains("\"id\":\"cd-1\"") && json.contains("\"draining\":false"),
+        "{json}"
+    );
+
+    // Commands: arguments checked, unknown providers named, wrong methods refused.
+    assert_eq!(post("/drain").0, 400);
+    let (status, body) = post("/drain?provider=cd-9");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("cd-9"), "{body}");
+    assert_eq!(get("/drain?provider=cd-1").0, 405);
+    assert_eq!(get("/nothing").0, 404);
+
+    let (status, body) = post("/drain?provider=cd-1");
+    assert_eq!(status, 200, "{body}");
+    match provider.recv() {
+        Message::Drain(_) => {}
+        other => panic!("expected Drain, got {other:?}"),
+    }
+    let (_, json) = get("/providers");
+    assert!(json.contains("\"draining\":true"), "{json}");
+    let (_, metrics) = get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "elko_director_provider_draining{provider=\"cd-1\"} 1"),
+        "{metrics}"
+    );
+    // Nothing new is placed on a draining server.
+    let (mut client, _) = Peer::connect(d.clients, "fake-client");
+    match enter(&mut client, 1, "alice", "room/1") {
+        Message::Denied(x) => assert_eq!(x.code, ErrorCode::NO_CAPACITY),
+        other => panic!("expected Denied NO_CAPACITY, got {other:?}"),
+    }
+    let (_, metrics) = get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "elko_director_denied_total{code=\"NO_CAPACITY\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -41,7 +41,7 @@ pub use ctx::{connect_stream, Ctx, MAX_LISTENERS};
 pub use engine::{bind_listener, Engine, Poster};
 pub use handler::Handler;
 pub use out_queue::{OutQueue, WriteOutcome};
-pub use stats::{LoopStats, LoopStatsSnapshot};
+pub use stats::{write_prometheus, LoopStats, LoopStatsSnapshot};
 pub use timer::TimerId;
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit (or `want`, if lower).

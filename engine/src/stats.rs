@@ -2,6 +2,7 @@
 
 use crate::close::CloseKind;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Counters of one event loop. Written only by the loop's thread (relaxed
 /// atomics cost a plain store there), read by anyone holding the handle.
@@ -86,4 +87,150 @@ pub struct LoopStatsSnapshot {
     pub fd_exhausted: u64,
     /// Indexed by `CloseKind as usize`.
     pub closed: [u64; CloseKind::COUNT],
+}
+
+/// One metric family of [`write_prometheus`]: name suffix, type, help, value.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&LoopStatsSnapshot) -> u64,
+);
+
+const FAMILIES: [Family; 11] = [
+    (
+        "connections",
+        "gauge",
+        "Connections open on the loop.",
+        |s| s.connections,
+    ),
+    (
+        "accepted_total",
+        "counter",
+        "Connections accepted (or adopted) by the loop.",
+        |s| s.accepted,
+    ),
+    ("frames_in_total", "counter", "Frames received.", |s| {
+        s.frames_in
+    }),
+    ("bytes_in_total", "counter", "Bytes received.", |s| {
+        s.bytes_in
+    }),
+    (
+        "frames_out_total",
+        "counter",
+        "Frames queued for sending.",
+        |s| s.frames_out,
+    ),
+    (
+        "bytes_out_total",
+        "counter",
+        "Bytes written to sockets.",
+        |s| s.bytes_out,
+    ),
+    ("writes_total", "counter", "send/sendmsg calls.", |s| {
+        s.writes
+    }),
+    (
+        "busy_seconds_total",
+        "counter",
+        "Time spent working, not waiting in epoll_wait (nanosecond counter, exported in seconds).",
+        |s| s.busy_ns,
+    ),
+    ("passes_total", "counter", "Event-loop passes.", |s| {
+        s.passes
+    }),
+    ("mail_total", "counter", "Mailbox messages handled.", |s| {
+        s.mail
+    }),
+    (
+        "fd_exhausted_total",
+        "counter",
+        "Accepts that found the process out of file descriptors.",
+        |s| s.fd_exhausted,
+    ),
+];
+
+/// Append every loop's counters in the Prometheus text exposition format
+/// (version 0.0.4), one series per loop (`loop="N"`), closes by kind
+/// (`reason="..."`, the names of [`CloseKind::name`]). Names start with
+/// `prefix` (for example `elko_contextd`), so one scrape of several
+/// processes on a host keeps them apart.
+pub fn write_prometheus(out: &mut String, prefix: &str, stats: &[Arc<LoopStats>]) {
+    use std::fmt::Write;
+    let snaps: Vec<LoopStatsSnapshot> = stats.iter().map(|s| s.snapshot()).collect();
+    for (name, kind, help, get) in FAMILIES {
+        let _ = writeln!(out, "# HELP {prefix}_loop_{name} {help}");
+        let _ = writeln!(out, "# TYPE {prefix}_loop_{name} {kind}");
+        for (i, s) in snaps.iter().enumerate() {
+            let v = get(s);
+            if name == "busy_seconds_total" {
+                let _ = writeln!(
+                    out,
+                    "{prefix}_loop_{name}{{loop=\"{i}\"}} {:.9}",
+                    v as f64 / 1e9
+                );
+            } else {
+                let _ = writeln!(out, "{prefix}_loop_{name}{{loop=\"{i}\"}} {v}");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {prefix}_loop_closed_total Connections closed, by reason."
+    );
+    let _ = writeln!(out, "# TYPE {prefix}_loop_closed_total counter");
+    for (i, s) in snaps.iter().enumerate() {
+        for kind in CloseKind::ALL {
+            let _ = writeln!(
+                out,
+                "{prefix}_loop_closed_total{{loop=\"{i}\",reason=\"{}\"}} {}",
+                kind.name(),
+                s.closed[kind as usize]
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_has_one_series_per_loop_and_close_reason() {
+        let a = Arc::new(LoopStats::default());
+        let b = Arc::new(LoopStats::default());
+        LoopStats::add(&a.connections, 3);
+        LoopStats::add(&b.busy_ns, 1_500_000_000);
+        b.count_close(CloseKind::ServerFull);
+        let mut out = String::new();
+        write_prometheus(&mut out, "elko_test", &[a, b]);
+        assert!(
+            out.contains("# TYPE elko_test_loop_connections gauge\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("elko_test_loop_connections{loop=\"0\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("elko_test_loop_connections{loop=\"1\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("elko_test_loop_busy_seconds_total{loop=\"1\"} 1.500000000\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("elko_test_loop_closed_total{loop=\"1\",reason=\"server_full\"} 1\n"),
+            "{out}"
+        );
+        // Every sample line is `name{labels} value`, and every family is typed.
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').expect("name and value");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let family = series.split('{').next().expect("name");
+            assert!(out.contains(&format!("# TYPE {family} ")), "{line}");
+        }
+    }
 }

@@ -98,20 +98,30 @@ fn spawn_with_line(mut cmd: Command, prefix: &str) -> Proc {
     Proc { child, line }
 }
 
-fn field(line: &str, key: &str) -> String {
+fn try_field(line: &str, key: &str) -> Option<String> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-        .to_string()
+        .map(str::to_string)
+}
+
+fn field(line: &str, key: &str) -> String {
+    try_field(line, key).unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
 pub struct Director {
     pub proc: Proc,
     pub clients: SocketAddr,
     pub providers: SocketAddr,
+    /// The operator endpoint, when started with `--admin-listen`.
+    pub admin: Option<SocketAddr>,
 }
 
 pub fn start_director(report_ms: u64) -> Director {
+    start_director_with(report_ms, &[])
+}
+
+/// A director with extra flags (for example `--admin-listen 127.0.0.1:0`).
+pub fn start_director_with(report_ms: u64, extra: &[&str]) -> Director {
     let mut cmd = Command::new(bin("elko-director"));
     cmd.args([
         "--client-listen",
@@ -120,14 +130,17 @@ pub fn start_director(report_ms: u64) -> Director {
         "127.0.0.1:0",
     ])
     .args(["--report-interval-ms", &report_ms.to_string()])
+    .args(extra)
     .env("RUST_LOG", "error");
     let proc = spawn_with_line(cmd, "elko-director listening");
     let clients = field(&proc.line, "clients").parse().expect("addr");
     let providers = field(&proc.line, "providers").parse().expect("addr");
+    let admin = try_field(&proc.line, "admin").map(|a| a.parse().expect("admin addr"));
     Director {
         proc,
         clients,
         providers,
+        admin,
     }
 }
 
@@ -135,6 +148,8 @@ pub struct Contextd {
     pub proc: Proc,
     pub addr: SocketAddr,
     pub id: String,
+    /// The operator endpoint, when started with `--admin-listen`.
+    pub admin: Option<SocketAddr>,
 }
 
 pub fn start_contextd(directors: &[&Director], dir: &Path, id: &str, extra: &[&str]) -> Contextd {
@@ -156,10 +171,12 @@ pub fn start_contextd(directors: &[&Director], dir: &Path, id: &str, extra: &[&s
     .env("RUST_LOG", "error");
     let proc = spawn_with_line(cmd, "elko-contextd listening");
     let addr = field(&proc.line, "clients").parse().expect("addr");
+    let admin = try_field(&proc.line, "admin").map(|a| a.parse().expect("admin addr"));
     Contextd {
         proc,
         addr,
         id: id.to_string(),
+        admin,
     }
 }
 

@@ -1,0 +1,102 @@
+//! The context server's operator endpoint (`--admin-listen`).
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text: contexts and users per event loop, and each loop's engine counters (connections, traffic, writes, busy time, closes by reason) |
+//! | `GET /health` | `ok` |
+//!
+//! Everything it reports is in atomics the loops update as they go, so a
+//! scrape never waits for, or interrupts, an event loop. Draining a context
+//! server is a director command (`POST /drain?provider=ID` on the director's
+//! endpoint), because the directors are the ones that must stop placing
+//! contexts on it.
+
+use crate::host::LoopGauge;
+use elko_cluster::admin::{Method, Request, Response};
+use elko_engine::LoopStats;
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+const ENDPOINTS: &str = "GET /metrics, GET /health";
+
+/// The request handler for [`elko_cluster::admin::AdminServer`].
+pub fn handler(
+    provider_id: String,
+    gauges: Arc<Vec<LoopGauge>>,
+    loops: Vec<Arc<LoopStats>>,
+) -> impl FnMut(&Request) -> Response + Send + 'static {
+    move |req| match (req.method, req.path.as_str()) {
+        (Method::Get, "/metrics") => {
+            let mut out = render_metrics(&provider_id, &gauges);
+            elko_engine::write_prometheus(&mut out, "elko_contextd", &loops);
+            Response::prometheus(out)
+        }
+        (Method::Get, "/health") => Response::text(200, "ok"),
+        (_, "/metrics" | "/health") => Response::wrong_method(req, "GET"),
+        _ => Response::not_found(req, ENDPOINTS),
+    }
+}
+
+/// Contexts and users per loop, and the server's identity.
+pub fn render_metrics(provider_id: &str, gauges: &[LoopGauge]) -> String {
+    let mut out = String::new();
+    let id = elko_cluster::admin::label_value(provider_id);
+    let _ = writeln!(
+        out,
+        "# HELP elko_contextd_info The context server's provider id and version."
+    );
+    let _ = writeln!(out, "# TYPE elko_contextd_info gauge");
+    let _ = writeln!(
+        out,
+        "elko_contextd_info{{provider=\"{id}\",version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    for (name, help, get) in [
+        (
+            "contexts",
+            "Contexts active (or loading) on the loop.",
+            (|g: &LoopGauge| g.contexts.load(Relaxed)) as fn(&LoopGauge) -> u64,
+        ),
+        (
+            "users",
+            "Users present in the loop's contexts.",
+            |g: &LoopGauge| g.users.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP elko_contextd_{name} {help}");
+        let _ = writeln!(out, "# TYPE elko_contextd_{name} gauge");
+        for (i, g) in gauges.iter().enumerate() {
+            let _ = writeln!(out, "elko_contextd_{name}{{loop=\"{i}\"}} {}", get(g));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_have_contexts_and_users_per_loop() {
+        let gauges = vec![LoopGauge::default(), LoopGauge::default()];
+        gauges[1].contexts.store(3, Relaxed);
+        gauges[1].users.store(120, Relaxed);
+        let text = render_metrics("cd-1", &gauges);
+        for line in [
+            "elko_contextd_contexts{loop=\"0\"} 0",
+            "elko_contextd_contexts{loop=\"1\"} 3",
+            "elko_contextd_users{loop=\"1\"} 120",
+            "# TYPE elko_contextd_users gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(
+            text.contains("elko_contextd_info{provider=\"cd-1\""),
+            "{text}"
+        );
+    }
+}
