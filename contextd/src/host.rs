@@ -235,7 +235,9 @@ pub struct Host {
     draining: bool,
     links: Vec<Link>,
     report_seq: u64,
-    last_busy: Vec<(u64, Instant)>,
+    /// Per loop: busy nanoseconds and time at the last measurement, and
+    /// the share (per mille) measured then.
+    last_busy: Vec<(u64, Instant, u16)>,
 }
 
 impl std::fmt::Debug for Host {
@@ -1121,18 +1123,33 @@ impl Host {
 
     fn report(&mut self, cx: &mut Ctx<Mail>) {
         let now = Instant::now();
-        if self.last_busy.len() != self.loops {
-            self.last_busy = vec![(0, now); self.loops];
-        }
         let stats = cx.all_stats().to_vec();
+        if self.last_busy.len() != self.loops {
+            // First report: the busy share is measured from here on (a
+            // share over the few milliseconds since start-up would be mostly
+            // start-up work, reported as a loop near 100% busy).
+            self.last_busy = stats
+                .iter()
+                .map(|s| (elko_engine::LoopStats::get(&s.busy_ns), now, 0))
+                .collect();
+        }
         let mut loops = Vec::with_capacity(self.loops);
         for (i, s) in stats.iter().enumerate() {
             let busy = elko_engine::LoopStats::get(&s.busy_ns);
-            let (prev_busy, prev_at) = self.last_busy[i];
-            let span = now.duration_since(prev_at).as_nanos().max(1) as u64;
-            let permille =
-                (busy.saturating_sub(prev_busy).saturating_mul(1000) / span).min(1000) as u16;
-            self.last_busy[i] = (busy, now);
+            let (prev_busy, prev_at, prev_permille) = self.last_busy[i];
+            let span = now.duration_since(prev_at);
+            // Reports also go out at once on registration; a share over a
+            // span much shorter than the report interval is noise, so the
+            // last one stands until a full enough span has passed.
+            let permille = if span >= self.cfg.report_interval / 2 {
+                let p = (busy.saturating_sub(prev_busy).saturating_mul(1000)
+                    / (span.as_nanos().max(1) as u64))
+                    .min(1000) as u16;
+                self.last_busy[i] = (busy, now, p);
+                p
+            } else {
+                prev_permille
+            };
             loops.push(LoopLoad {
                 connections: elko_engine::LoopStats::get(&s.connections) as u32,
                 contexts: self.gauges[i].contexts.load(Relaxed) as u32,
