@@ -32,6 +32,20 @@ pub fn threads_cpu_seconds(prefix: &str) -> f64 {
         .sum()
 }
 
+/// CPU time, in seconds, of this whole process: every thread, including
+/// threads that have exited (whose time `/proc/self/task` no longer lists).
+pub fn process_cpu_seconds() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the zeroed struct we own.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } != 0 {
+        return 0.0;
+    }
+    // SAFETY: initialized by getrusage (or zeroed, which is a valid rusage).
+    let ru = unsafe { ru.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
 /// CPU time of one thread, given its `/proc/self/task/<tid>` directory.
 fn thread_cpu_seconds(task: &Path) -> f64 {
     // schedstat: "<ns on cpu> <ns waiting> <timeslices>".

@@ -16,7 +16,7 @@ pub mod samples;
 pub use alloc_count::{
     allocations, allocations_during, set_alloc_class, set_counting, CountingAlloc,
 };
-pub use cpu::{threads_cpu_seconds, MachineCpu};
+pub use cpu::{process_cpu_seconds, threads_cpu_seconds, MachineCpu};
 pub use samples::{mixed_stream, sample_messages};
 
 #[cfg(test)]

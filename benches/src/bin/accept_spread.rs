@@ -20,7 +20,7 @@
 //!
 //! Run: `cargo run --release -p elko-benches --bin accept_spread [N] [R]`.
 
-use elko_benches::{threads_cpu_seconds, MachineCpu};
+use elko_benches::{process_cpu_seconds, threads_cpu_seconds, MachineCpu};
 use elko_engine::{AcceptMode, ConnId, Ctx, Engine, EngineConfig, Handler, LoopStats};
 use elko_protocol::{Frame, Hello, MAGIC, PROTOCOL_VERSION};
 use std::io::Write;
@@ -131,10 +131,12 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for mode in [AcceptMode::ReusePort, AcceptMode::Single] {
         for loops in [2, 4] {
+            // The whole process (engine and client threads come and go with
+            // each repetition, so a sum over live threads would lose theirs).
             let (t0, process0, machine0) =
-                (Instant::now(), threads_cpu_seconds(""), MachineCpu::read());
+                (Instant::now(), process_cpu_seconds(), MachineCpu::read());
             let runs: Vec<Rep> = (0..reps).map(|_| one(mode, loops, n, &hello)).collect();
-            let process = threads_cpu_seconds("") - process0;
+            let process = process_cpu_seconds() - process0;
             let other = (MachineCpu::read().since(&machine0).busy() - process).max(0.0)
                 / t0.elapsed().as_secs_f64();
             let mean = n as f64 / loops as f64;
