@@ -33,6 +33,7 @@ mod mailbox;
 mod out_queue;
 mod stats;
 mod timer;
+mod timerfd;
 
 pub use close::{CloseKind, CloseReason};
 pub use config::{AcceptMode, EngineConfig, Limits};
@@ -43,6 +44,7 @@ pub use handler::Handler;
 pub use out_queue::{OutQueue, WriteOutcome};
 pub use stats::{write_prometheus, LoopStats, LoopStatsSnapshot};
 pub use timer::TimerId;
+pub use timerfd::TimerFd;
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit (or `want`, if lower).
 /// Returns the soft limit now in force.

@@ -11,12 +11,12 @@
 //! sequence number, so order is checked per sender (each utterance carries
 //! its sender's number).
 
-pub mod timerfd;
 pub mod wire;
 
 use crate::metrics::{SeqCheck, Shared};
 use crate::payload::{self, Stamp, Utterance};
 use crate::schedule::Schedule;
+use elko_engine::TimerFd;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use timerfd::TimerFd;
 use wire::{Event, Wire};
 
 /// Settings every peer loop shares.

@@ -1,5 +1,8 @@
-//! A `timerfd` armed for the earliest deadline, so a peer loop wakes with
+//! A one-shot `timerfd`: armed (relative, nanosecond resolution) for one
+//! deadline and registered with a `mio::Poll`, so a loop wakes with
 //! sub-millisecond precision (`epoll_wait` alone counts whole milliseconds).
+//! The engine's loops keep their timer heap on one; the load generator's
+//! peer loops (Redis, NATS) use it directly.
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -7,6 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+/// A `timerfd` (CLOCK_MONOTONIC, non-blocking) and the deadline it is armed for.
 #[derive(Debug)]
 pub struct TimerFd {
     fd: OwnedFd,
@@ -14,6 +18,7 @@ pub struct TimerFd {
 }
 
 impl TimerFd {
+    /// A new, disarmed timer.
     pub fn new() -> io::Result<TimerFd> {
         // SAFETY: timerfd_create takes no pointers; the result is checked and
         // owned exactly once.
@@ -34,6 +39,7 @@ impl TimerFd {
         })
     }
 
+    /// Register for readability (it becomes readable when it fires).
     pub fn register(&self, registry: &Registry, token: Token) -> io::Result<()> {
         registry.register(
             &mut SourceFd(&self.fd.as_raw_fd()),
@@ -77,5 +83,39 @@ impl TimerFd {
         }
         self.armed_for = Some(at);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+
+    #[test]
+    fn fires_once_at_its_deadline_and_rearms() {
+        let mut poll = Poll::new().expect("poll");
+        let mut t = TimerFd::new().expect("timerfd");
+        t.register(poll.registry(), Token(7)).expect("register");
+        let mut events = Events::with_capacity(4);
+        for wait in [Duration::from_micros(1500), Duration::from_micros(300)] {
+            let start = Instant::now();
+            t.arm(start + wait, start).expect("arm");
+            // Arming again for the same deadline changes nothing.
+            t.arm(start + wait, Instant::now()).expect("arm again");
+            poll.poll(&mut events, Some(Duration::from_secs(5)))
+                .expect("poll");
+            let fired = events.iter().any(|e| e.token() == Token(7));
+            assert!(fired, "the timer fired within 5 s");
+            let took = start.elapsed();
+            assert!(
+                took >= wait,
+                "fired after {took:?}, before its {wait:?} deadline"
+            );
+            t.acknowledge();
+        }
+        // Acknowledged and not re-armed: nothing more arrives.
+        poll.poll(&mut events, Some(Duration::from_millis(20)))
+            .expect("poll");
+        assert!(events.is_empty(), "a disarmed timer stays quiet");
     }
 }
