@@ -6,8 +6,8 @@
 //! with `send`.
 
 use bytes::{Buf, Bytes};
-use std::collections::VecDeque;
 use rustix::net::{SendAncillaryBuffer, SendFlags};
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 

@@ -43,9 +43,18 @@ pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
     })
 }
 
-/// CPU seconds the whole machine has been busy (all cores, from `/proc/stat`:
-/// user, nice, system, irq, softirq, steal).
-pub fn machine_busy_s() -> Option<f64> {
+/// The whole machine's CPU seconds (all cores, from `/proc/stat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MachineTimes {
+    /// Busy: user, nice, system, irq, softirq, steal.
+    pub busy_s: f64,
+    /// Steal: time the hypervisor gave this VM's CPUs to someone else while
+    /// they had work. Part of `busy_s`; nobody on this machine used it.
+    pub steal_s: f64,
+}
+
+/// The whole machine's CPU seconds so far.
+pub fn machine_times() -> Option<MachineTimes> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<f64> = line
@@ -55,7 +64,10 @@ pub fn machine_busy_s() -> Option<f64> {
         .collect();
     // user nice system idle iowait irq softirq steal
     let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
-    Some(busy / clk_tck())
+    Some(MachineTimes {
+        busy_s: busy / clk_tck(),
+        steal_s: v.get(7)? / clk_tck(),
+    })
 }
 
 /// The kernel's `ksoftirqd/N` threads: network work the kernel defers to
@@ -401,7 +413,9 @@ mod tests {
         assert!(s.rss_bytes > 0);
         assert!(s.cpu_s >= 0.0);
         assert!(sample(Some(u32::MAX)).is_none());
-        assert!(machine_busy_s().expect("/proc/stat") >= s.cpu_s);
+        let m = machine_times().expect("/proc/stat");
+        assert!(m.busy_s >= s.cpu_s);
+        assert!(m.steal_s >= 0.0 && m.steal_s <= m.busy_s);
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let n = socket_count(std::process::id()).expect("own fds");
         assert!(n >= 1);

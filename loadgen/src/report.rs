@@ -107,6 +107,12 @@ pub struct Report {
     pub machine_cpu_percent_of_core: f64,
     /// The kernel's ksoftirqd threads (deferred network work).
     pub kernel_softirq_threads_cpu_percent_of_core: f64,
+    /// CPU time the hypervisor gave to other guests while this VM's CPUs
+    /// had work (`steal` in `/proc/stat`), over the steady state; part of
+    /// `machine_cpu_percent_of_core`.
+    pub host_steal_percent_of_core: f64,
+    /// The same in the steady state's worst second.
+    pub host_steal_worst_second_percent_of_core: f64,
     pub errors: BTreeMap<String, u64>,
     pub git_sha: String,
     pub target_utterances_per_s: f64,
@@ -274,6 +280,18 @@ impl Report {
             "  {:<20} {:<12} CPU {:>6.1}% of a core (everything, in the steady state)",
             "whole machine", "", self.machine_cpu_percent_of_core
         );
+        if self.host_steal_percent_of_core >= 0.1
+            || self.host_steal_worst_second_percent_of_core >= 1.0
+        {
+            let _ = writeln!(
+                o,
+                "  {:<20} {:<12} CPU {:>6.1}% of a core (given to other guests; worst second {:.0}%)",
+                "host steal",
+                "(hypervisor)",
+                self.host_steal_percent_of_core,
+                self.host_steal_worst_second_percent_of_core
+            );
+        }
         if self.kernel_softirq_threads_cpu_percent_of_core >= 0.5 {
             let _ = writeln!(
                 o,
@@ -759,6 +777,12 @@ pub fn comparison(reports: &[Report]) -> String {
     line(&mut o, "generator CPU, % of a core", &|r| {
         format!("{:.1}", r.loadgen_cpu_percent_of_core)
     });
+    line(&mut o, "host steal, % of a core (worst s)", &|r| {
+        format!(
+            "{:.1} ({:.0})",
+            r.host_steal_percent_of_core, r.host_steal_worst_second_percent_of_core
+        )
+    });
     let _ = writeln!(o, "\nelko / peer (below 1: elko uses less or is faster)");
     for q in ratios(reports) {
         let _ = writeln!(
@@ -776,7 +800,7 @@ pub fn comparison(reports: &[Report]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::metrics::new_histogram;
     use crate::scenario::{Preset, Scenario};
@@ -818,6 +842,8 @@ mod tests {
             loadgen_processes: 1,
             machine_cpu_percent_of_core: 12.0,
             kernel_softirq_threads_cpu_percent_of_core: 0.0,
+            host_steal_percent_of_core: 0.0,
+            host_steal_worst_second_percent_of_core: 0.0,
             errors: BTreeMap::new(),
             git_sha: "abc".into(),
             target_utterances_per_s: 266.7,

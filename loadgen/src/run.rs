@@ -6,8 +6,8 @@ use crate::clock::mono_now_ns;
 use crate::generator::{ChildGen, Final, GenError, GenSpec, Generator, LocalGen, TargetKind};
 use crate::metrics::{new_histogram, Counters, Window};
 use crate::procs::{
-    ksoftirqd_pids, machine_busy_s, sample, socket_count, Cluster, ClusterError, PeerServer,
-    ProcSample, Server,
+    ksoftirqd_pids, machine_times, sample, socket_count, Cluster, ClusterError, MachineTimes,
+    PeerServer, ProcSample, Server,
 };
 use crate::report::{
     distribution, MaxStep, Percentiles, ProcReport, Report, ServerReport, TimelineRow,
@@ -110,7 +110,7 @@ struct Cpu {
     last_softirq: f64,
     last_servers: Vec<ProcSample>,
     last_gens: Vec<ProcSample>,
-    last_machine: f64,
+    last_machine: MachineTimes,
 }
 
 impl Cpu {
@@ -118,7 +118,7 @@ impl Cpu {
         let mut c = Cpu {
             last_servers: vec![ProcSample::default(); servers.len()],
             last_gens: vec![ProcSample::default(); gens.len()],
-            last_machine: 0.0,
+            last_machine: MachineTimes::default(),
             softirq: ksoftirqd_pids(),
             last_softirq: 0.0,
             servers,
@@ -129,8 +129,9 @@ impl Cpu {
     }
 
     /// CPU seconds used since the last call: (per server, generator total,
-    /// whole machine, kernel softirq threads).
-    fn delta(&mut self) -> (Vec<ProcSample>, f64, f64, f64) {
+    /// whole machine (busy, and of it stolen by the hypervisor), kernel
+    /// softirq threads).
+    fn delta(&mut self) -> (Vec<ProcSample>, f64, MachineTimes, f64) {
         let mut per = Vec::with_capacity(self.servers.len());
         for (pid, last) in self.servers.iter().zip(&mut self.last_servers) {
             let now = sample(Some(*pid)).unwrap_or(*last);
@@ -146,8 +147,11 @@ impl Cpu {
             gen += (now.cpu_s - last.cpu_s).max(0.0);
             *last = now;
         }
-        let m = machine_busy_s().unwrap_or(self.last_machine);
-        let machine = (m - self.last_machine).max(0.0);
+        let m = machine_times().unwrap_or(self.last_machine);
+        let machine = MachineTimes {
+            busy_s: (m.busy_s - self.last_machine.busy_s).max(0.0),
+            steal_s: (m.steal_s - self.last_machine.steal_s).max(0.0),
+        };
         self.last_machine = m;
         let k: f64 = self
             .softirq
@@ -248,6 +252,8 @@ fn drive(
     let mut steady_gen_cpu = 0.0f64;
     let mut steady_samples = 0u32;
     let mut steady_machine_cpu = 0.0f64;
+    let mut steady_steal = 0.0f64;
+    let mut worst_steal_second = 0.0f64;
     let mut steady_softirq_cpu = 0.0f64;
     let mut steady_rss = vec![0u64; server_procs.len()];
     let mut sockets: Vec<Option<u64>> = vec![None; server_procs.len()];
@@ -291,7 +297,9 @@ fn drive(
                 steady_rss[i] = steady_rss[i].max(p.rss_bytes);
             }
             steady_gen_cpu += gen_cpu;
-            steady_machine_cpu += machine_cpu;
+            steady_machine_cpu += machine_cpu.busy_s;
+            steady_steal += machine_cpu.steal_s;
+            worst_steal_second = worst_steal_second.max(machine_cpu.steal_s);
             steady_softirq_cpu += softirq_cpu;
             if sockets.iter().all(Option::is_none) {
                 sockets = server_procs.iter().map(|p| socket_count(p.1)).collect();
@@ -457,6 +465,8 @@ fn drive(
         loadgen_processes: shares,
         machine_cpu_percent_of_core: 100.0 * steady_machine_cpu / cpu_s,
         kernel_softirq_threads_cpu_percent_of_core: 100.0 * steady_softirq_cpu / cpu_s,
+        host_steal_percent_of_core: 100.0 * steady_steal / cpu_s,
+        host_steal_worst_second_percent_of_core: 100.0 * worst_steal_second,
         errors,
         git_sha: env!("ELKO_GIT_SHA").into(),
         target_utterances_per_s: s.target_utterances_per_s(),
@@ -527,6 +537,7 @@ fn warnings(r: &Report, gen_loops: usize) -> Vec<String> {
         ));
     }
     let others = r.machine_cpu_percent_of_core
+        - r.host_steal_percent_of_core
         - r.server.cpu_percent_of_core
         - r.loadgen_cpu_percent_of_core
         - r.kernel_softirq_threads_cpu_percent_of_core;
@@ -534,6 +545,13 @@ fn warnings(r: &Report, gen_loops: usize) -> Vec<String> {
         w.push(format!(
             "OTHER LOAD: the machine was busy {others:.0}% of a core beyond the servers, the generator \
              and ksoftirqd (other processes, or interrupt time): figures may be disturbed"
+        ));
+    }
+    if r.host_steal_percent_of_core > 2.0 || r.host_steal_worst_second_percent_of_core > 10.0 {
+        w.push(format!(
+            "HOST STEAL: the hypervisor gave this VM's CPUs to others for {:.1}% of a core over the steady \
+             state ({:.0}% in the worst second): latency and CPU figures may be disturbed",
+            r.host_steal_percent_of_core, r.host_steal_worst_second_percent_of_core
         ));
     }
     if r.kernel_softirq_threads_cpu_percent_of_core > 25.0 {
@@ -554,4 +572,25 @@ fn warnings(r: &Report, gen_loops: usize) -> Vec<String> {
         w.push(format!("{} deliveries lost", r.lost));
     }
     w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_steal_is_warned_and_not_taken_for_other_load() {
+        let mut r = crate::report::tests::sample_report("elko", 500, 5.0);
+        r.machine_cpu_percent_of_core =
+            r.server.cpu_percent_of_core + r.loadgen_cpu_percent_of_core + 30.0;
+        assert!(
+            warnings(&r, 1).iter().any(|w| w.starts_with("OTHER LOAD")),
+            "30% of a core unaccounted for is other load"
+        );
+        r.host_steal_percent_of_core = 30.0;
+        r.host_steal_worst_second_percent_of_core = 60.0;
+        let w = warnings(&r, 1);
+        assert!(w.iter().any(|w| w.starts_with("HOST STEAL")), "{w:?}");
+        assert!(!w.iter().any(|w| w.starts_with("OTHER LOAD")), "{w:?}");
+    }
 }
