@@ -440,20 +440,24 @@ impl<H: Handler> EventLoop<H> {
                     // Without this, an edge-triggered listener would leave
                     // the peer hanging in the backlog.
                     if self.reserve_fd.take().is_some() {
-                        let refused = match listener.accept() {
+                        // More peers may wait after one refused, or after
+                        // one that gave up before it was accepted.
+                        let more = match listener.accept() {
                             Ok((stream, peer)) => {
                                 tracing::warn!(%peer, "out of file descriptors; refusing connection as SERVER_FULL");
                                 self.refuse_full(stream);
                                 true
                             }
-                            Err(_) => false,
+                            Err(e) => matches!(
+                                e.kind(),
+                                io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                            ),
                         };
                         self.reserve_fd = File::open("/dev/null").ok();
                         // The kernel reports EMFILE before it looks at the
                         // backlog: with nobody waiting, the next accept fails
-                        // the same way again. Go on only after a refusal (more
-                        // peers may wait); otherwise the backlog is empty.
-                        if !refused {
+                        // the same way again, so stop here unless more may wait.
+                        if !more {
                             return;
                         }
                     } else {
