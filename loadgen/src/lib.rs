@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod payload;
 pub mod peer;
 pub mod procs;
+pub mod repeat;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use elko_loadgen::generator::{worker_main, TargetKind};
 use elko_loadgen::procs::default_bin_dir;
+use elko_loadgen::repeat::summarize;
 use elko_loadgen::report::{comparison, ratios, svg, Report};
 use elko_loadgen::run::{run, Target};
 use elko_loadgen::scenario::{Preset, Scenario};
@@ -101,8 +102,14 @@ struct ChatArgs {
     #[arg(long)]
     plot: Option<PathBuf>,
     /// A limit; a breach makes the exit status 1. Repeatable: 'p99<5ms', 'loss<=0', 'cpu<5'.
+    /// With --repeat, every round is judged.
     #[arg(long)]
     threshold: Vec<Threshold>,
+    /// Run the whole scenario (every target, in turn) this many times and report the median
+    /// and range of each figure and ratio. JSON then holds every round; CSV and the plot the
+    /// first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
 }
 
 fn scenario(a: &ChatArgs) -> Scenario {
@@ -216,32 +223,69 @@ fn main() {
         s.processes(),
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", then ")
     );
-    let mut reports: Vec<Report> = Vec::new();
-    for &k in &kinds {
-        match run(&s, target_of(&args, k), &exe) {
-            Ok(r) => {
-                println!("{}", r.summary());
-                reports.push(r);
-            }
-            Err(e) => {
-                eprintln!("elko-loadgen: {} run failed: {e}", k.name());
-                if reports.is_empty() {
-                    std::process::exit(2);
+    let mut rounds: Vec<Vec<Report>> = Vec::new();
+    let mut failed = 0usize;
+    for round in 1..=args.repeat {
+        if args.repeat > 1 {
+            eprintln!("elko-loadgen: round {round} of {}", args.repeat);
+        }
+        let mut reports: Vec<Report> = Vec::new();
+        for &k in &kinds {
+            match run(&s, target_of(&args, k), &exe) {
+                Ok(r) => {
+                    println!("{}", r.summary());
+                    reports.push(r);
+                }
+                Err(e) => {
+                    eprintln!("elko-loadgen: {} run failed: {e}", k.name());
+                    failed += 1;
+                    if reports.is_empty() && rounds.is_empty() {
+                        std::process::exit(2);
+                    }
                 }
             }
         }
+        if reports.len() > 1 {
+            println!("{}", comparison(&reports));
+        }
+        if !reports.is_empty() {
+            rounds.push(reports);
+        }
+        if elko_loadgen::run::interrupted() {
+            break;
+        }
     }
-    if reports.len() > 1 {
-        println!("{}", comparison(&reports));
+    let Some(reports) = rounds.first().cloned() else {
+        eprintln!("elko-loadgen: no round completed");
+        std::process::exit(2);
+    };
+    // Rounds with a failed run are reported but not summarised.
+    let complete: Vec<Vec<Report>> = rounds
+        .iter()
+        .filter(|r| r.len() == kinds.len())
+        .cloned()
+        .collect();
+    let summary = (args.repeat > 1).then(|| summarize(&complete));
+    if let Some(sm) = &summary {
+        println!("{}", sm.text());
     }
     if let Some(p) = &args.json {
-        let body = if args.compare.is_empty() {
-            serde_json::to_string_pretty(&reports[0])
-        } else {
-            serde_json::to_string_pretty(&serde_json::json!({
-                "compare": reports,
-                "ratios": ratios(&reports),
-            }))
+        let one = |reports: &[Report]| {
+            if args.compare.is_empty() {
+                serde_json::to_value(&reports[0]).unwrap_or_default()
+            } else {
+                serde_json::json!({
+                    "compare": reports,
+                    "ratios": ratios(reports),
+                })
+            }
+        };
+        let body = match &summary {
+            None => serde_json::to_string_pretty(&one(&reports)),
+            Some(sm) => serde_json::to_string_pretty(&serde_json::json!({
+                "rounds": rounds.iter().map(|r| one(r)).collect::<Vec<_>>(),
+                "summary": sm,
+            })),
         };
         write_file(p, "JSON", body.unwrap_or_default());
     }
@@ -265,22 +309,30 @@ fn main() {
     }
     let mut breached = false;
     for t in &args.threshold {
-        let r = &reports[0];
-        let ok = t.holds(r);
-        println!(
-            "threshold {:<16} measured {:>12.2} ({})  {}",
-            t.text,
-            t.measure(r),
-            r.target,
-            if ok { "ok" } else { "BREACHED" }
-        );
-        breached |= !ok;
+        for (i, round) in rounds.iter().enumerate() {
+            let r = &round[0];
+            if r.target != kinds[0].name() {
+                continue; // this round's first target failed
+            }
+            let ok = t.holds(r);
+            let which = if rounds.len() > 1 {
+                format!("{}, round {}", r.target, i + 1)
+            } else {
+                r.target.clone()
+            };
+            println!(
+                "threshold {:<16} measured {:>12.2} ({which})  {}",
+                t.text,
+                t.measure(r),
+                if ok { "ok" } else { "BREACHED" }
+            );
+            breached |= !ok;
+        }
     }
-    if reports.len() < kinds.len() {
+    if failed > 0 {
         eprintln!(
-            "elko-loadgen: {} of {} runs failed",
-            kinds.len() - reports.len(),
-            kinds.len()
+            "elko-loadgen: {failed} of {} runs failed",
+            kinds.len() * args.repeat as usize
         );
         std::process::exit(2);
     }

@@ -60,7 +60,8 @@ pub enum RunError {
 /// and reporting what was measured.
 static INTERRUPTED: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
 
-fn interrupted() -> bool {
+/// True once SIGINT or SIGTERM arrived (installs the handlers on first use).
+pub fn interrupted() -> bool {
     INTERRUPTED
         .get_or_init(|| {
             let flag = Arc::new(AtomicBool::new(false));

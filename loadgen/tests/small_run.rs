@@ -275,3 +275,23 @@ fn the_nats_adapter_delivers_everything() {
     assert_eq!(v["target"], "nats");
     assert_all_delivered(&v, 120);
 }
+
+#[test]
+fn repeated_rounds_are_all_kept_and_summarised() {
+    let v = small_run(&["--repeat", "2"], "repeat");
+    let rounds = v["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2, "{v}");
+    for r in rounds {
+        assert_all_delivered(r, 120);
+    }
+    assert_eq!(v["summary"]["rounds"], 2);
+    let elko = &v["summary"]["targets"][0];
+    assert_eq!(elko["name"], "elko");
+    let p99 = &elko["figures"]["latency_p99_ms"];
+    let (lo, med, hi) = (
+        p99["min"].as_f64().expect("min"),
+        p99["median"].as_f64().expect("median"),
+        p99["max"].as_f64().expect("max"),
+    );
+    assert!(lo > 0.0 && lo <= med && med <= hi, "{p99}");
+}
