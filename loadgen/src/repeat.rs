@@ -159,7 +159,7 @@ impl RepeatSummary {
         );
         let _ = write!(o, "{:<30}", "");
         for t in &self.targets {
-            let _ = write!(o, "{:>24}", t.name);
+            let _ = write!(o, " {:>27}", t.name);
         }
         let _ = writeln!(o);
         for (name, decimals, _) in METRICS {
@@ -169,7 +169,7 @@ impl RepeatSummary {
                     .figures
                     .get(name)
                     .map_or("-".into(), |sp| sp.show(decimals));
-                let _ = write!(o, "{cell:>24}");
+                let _ = write!(o, " {cell:>27}");
             }
             let _ = writeln!(o);
         }
