@@ -1,10 +1,11 @@
 //! The operator's HTTP endpoint of `elko-director` and `elko-contextd`:
 //! metrics for Prometheus, state as JSON, and commands.
 //!
-//! One thread with a blocking listener (tiny_http), outside the event loops:
-//! a scrape never costs a loop a pass, and a slow or hostile admin client
-//! cannot stall client traffic. Requests are served one at a time; each
-//! handler call gets a parsed [`Request`] and returns a [`Response`].
+//! Blocking threads outside the event loops (tiny_http's, which accept and
+//! read requests, and one of ours that answers them one at a time): a scrape
+//! never costs a loop a pass, and a slow or hostile admin client cannot
+//! stall client traffic. Each handler call gets a parsed [`Request`] and
+//! returns a [`Response`].
 //! Commands that change state (`POST`) are accepted only from a loopback
 //! peer: whoever can reach the port may read metrics, but draining a server
 //! takes a shell on the host.
