@@ -2,7 +2,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /metrics` | Prometheus text: contexts and users per event loop, and each loop's engine counters (connections, traffic, writes, busy time, closes by reason) |
+//! | `GET /metrics` | Prometheus text: contexts and users per event loop; the disk threads' activations, checkpoints (written, failed, bytes, seconds) and queued jobs; each loop's engine counters (connections, traffic, writes, busy time, closes by reason) |
 //! | `GET /health` | `ok` |
 //!
 //! Everything it reports is in atomics the loops update as they go, so a
@@ -12,6 +12,7 @@
 //! contexts on it.
 
 use crate::host::LoopGauge;
+use crate::io::{DiskHandle, DiskStats};
 use elko_cluster::admin::{Method, Request, Response};
 use elko_engine::LoopStats;
 use std::fmt::Write;
@@ -24,11 +25,13 @@ const ENDPOINTS: &str = "GET /metrics, GET /health";
 pub fn handler(
     provider_id: String,
     gauges: Arc<Vec<LoopGauge>>,
+    disk: DiskHandle,
     loops: Vec<Arc<LoopStats>>,
 ) -> impl FnMut(&Request) -> Response + Send + 'static {
     move |req| match (req.method, req.path.as_str()) {
         (Method::Get, "/metrics") => {
             let mut out = render_metrics(&provider_id, &gauges);
+            render_disk(&mut out, disk.stats(), &disk.queued());
             elko_engine::write_prometheus(&mut out, "elko_contextd", &loops);
             Response::prometheus(out)
         }
@@ -73,6 +76,61 @@ pub fn render_metrics(provider_id: &str, gauges: &[LoopGauge]) -> String {
     out
 }
 
+/// The disk threads' counters, and the jobs waiting per disk thread.
+pub fn render_disk(out: &mut String, d: &DiskStats, queued: &[usize]) {
+    let g = DiskStats::get;
+    let counters: [(&str, &str, f64); 7] = [
+        (
+            "activations_total",
+            "Activations that took the context's lock.",
+            g(&d.activations) as f64,
+        ),
+        (
+            "activations_held_elsewhere_total",
+            "Activations refused: another context server holds the context.",
+            g(&d.activations_held_elsewhere) as f64,
+        ),
+        (
+            "activation_errors_total",
+            "Activations that failed reading the lock or the checkpoint.",
+            g(&d.activation_errors) as f64,
+        ),
+        (
+            "checkpoints_total",
+            "Checkpoints written (periodic and final).",
+            g(&d.checkpoints) as f64,
+        ),
+        (
+            "checkpoint_errors_total",
+            "Checkpoints that could not be written.",
+            g(&d.checkpoint_errors) as f64,
+        ),
+        (
+            "checkpoint_bytes_total",
+            "Payload bytes of the checkpoints written.",
+            g(&d.checkpoint_bytes) as f64,
+        ),
+        (
+            "checkpoint_seconds_total",
+            "Time spent writing checkpoints, fsyncs included.",
+            g(&d.checkpoint_ns) as f64 / 1e9,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(out, "# HELP elko_contextd_{name} {help}");
+        let _ = writeln!(out, "# TYPE elko_contextd_{name} counter");
+        let _ = writeln!(out, "elko_contextd_{name} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP elko_contextd_disk_queue_jobs Jobs waiting for a disk thread."
+    );
+    let _ = writeln!(out, "# TYPE elko_contextd_disk_queue_jobs gauge");
+    for (i, n) in queued.iter().enumerate() {
+        let _ = writeln!(out, "elko_contextd_disk_queue_jobs{{thread=\"{i}\"}} {n}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +156,26 @@ mod tests {
             text.contains("elko_contextd_info{provider=\"cd-1\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn disk_metrics_have_counters_and_queues() {
+        let d = DiskStats::default();
+        d.checkpoints.store(4, Relaxed);
+        d.checkpoint_ns.store(2_500_000_000, Relaxed);
+        let mut text = String::new();
+        render_disk(&mut text, &d, &[0, 3]);
+        for line in [
+            "elko_contextd_checkpoints_total 4",
+            "elko_contextd_checkpoint_seconds_total 2.5",
+            "elko_contextd_checkpoint_errors_total 0",
+            "elko_contextd_disk_queue_jobs{thread=\"1\"} 3",
+            "# TYPE elko_contextd_activations_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
     }
 }

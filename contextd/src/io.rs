@@ -17,8 +17,59 @@ use crate::lock::{ContextLock, LockError};
 use crossbeam_channel::{Receiver, Sender};
 use elko_engine::Poster;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// What the disk threads did, for the operator's metrics.
+#[derive(Debug, Default)]
+pub struct DiskStats {
+    /// Activations that took the lock (with or without a checkpoint).
+    pub activations: AtomicU64,
+    /// Activations refused because another server holds the context.
+    pub activations_held_elsewhere: AtomicU64,
+    /// Activations that failed on the lock or the checkpoint read.
+    pub activation_errors: AtomicU64,
+    /// Checkpoints written (periodic and final).
+    pub checkpoints: AtomicU64,
+    /// Checkpoints that failed to be written.
+    pub checkpoint_errors: AtomicU64,
+    /// Payload bytes of the checkpoints written.
+    pub checkpoint_bytes: AtomicU64,
+    /// Time spent writing checkpoints (with their fsyncs), nanoseconds.
+    pub checkpoint_ns: AtomicU64,
+}
+
+impl DiskStats {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// Read a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Relaxed)
+    }
+
+    /// Write one checkpoint, counting it.
+    fn save(&self, store: &CheckpointStore, context: &str, payload: &[u8]) -> bool {
+        let t = Instant::now();
+        let r = store.save(context, payload);
+        Self::add(&self.checkpoint_ns, t.elapsed().as_nanos() as u64);
+        match r {
+            Ok(_) => {
+                Self::add(&self.checkpoints, 1);
+                Self::add(&self.checkpoint_bytes, payload.len() as u64);
+                true
+            }
+            Err(e) => {
+                Self::add(&self.checkpoint_errors, 1);
+                tracing::error!(%context, error = %e, "checkpoint failed");
+                false
+            }
+        }
+    }
+}
 
 /// Work for a disk thread.
 #[derive(Debug)]
@@ -64,6 +115,7 @@ pub struct DiskPool {
 #[derive(Debug, Clone)]
 pub struct DiskHandle {
     senders: Vec<Sender<IoJob>>,
+    stats: Arc<DiskStats>,
 }
 
 fn shard(context: &str, n: usize) -> usize {
@@ -84,6 +136,16 @@ impl DiskHandle {
             tracing::error!(job = ?e.0, "disk thread is gone; job dropped");
         }
     }
+
+    /// Jobs waiting for a disk thread, per thread.
+    pub fn queued(&self) -> Vec<usize> {
+        self.senders.iter().map(Sender::len).collect()
+    }
+
+    /// What the disk threads did so far.
+    pub fn stats(&self) -> &DiskStats {
+        &self.stats
+    }
 }
 
 impl DiskPool {
@@ -93,7 +155,8 @@ impl DiskPool {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..n.max(1))
             .map(|_| crossbeam_channel::unbounded())
             .unzip();
-        (DiskHandle { senders }, receivers)
+        let stats = Arc::new(DiskStats::default());
+        (DiskHandle { senders, stats }, receivers)
     }
 
     /// Start the threads on the receivers made by [`DiskPool::channels`].
@@ -107,16 +170,17 @@ impl DiskPool {
     ) -> std::io::Result<DiskPool> {
         let mut threads = Vec::new();
         for (i, rx) in receivers.into_iter().enumerate() {
-            let (store, dir, provider_id, poster) = (
+            let (store, dir, provider_id, poster, stats) = (
                 store.clone(),
                 dir.clone(),
                 provider_id.clone(),
                 poster.clone(),
+                handle.stats.clone(),
             );
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("elko-disk{i}"))
-                    .spawn(move || run(rx, &store, &dir, &provider_id, &poster))?,
+                    .spawn(move || run(rx, &store, &dir, &provider_id, &poster, &stats))?,
             );
         }
         Ok(DiskPool {
@@ -140,6 +204,7 @@ fn run(
     dir: &std::path::Path,
     provider_id: &str,
     poster: &Poster<Mail>,
+    stats: &DiskStats,
 ) {
     // Ends when every sender (the loops' handles and the pool) is dropped
     // and the queue is empty.
@@ -147,12 +212,21 @@ fn run(
         match job {
             IoJob::Activate { context, home } => {
                 let result = activate(store, dir, provider_id, &context);
+                DiskStats::add(
+                    match &result {
+                        Ok(_) => &stats.activations,
+                        Err(ActivateError::AlreadyActive { .. }) => {
+                            &stats.activations_held_elsewhere
+                        }
+                        Err(ActivateError::Io(_)) => &stats.activation_errors,
+                    },
+                    1,
+                );
                 post(poster, home, Mail::Activated { context, result });
             }
             IoJob::Save { context, payload } => {
-                if let Err(e) = store.save(&context, &payload) {
-                    tracing::error!(%context, error = %e, "checkpoint failed; will retry at the next interval");
-                }
+                // On failure the context stays dirty: the next interval retries.
+                stats.save(store, &context, &payload);
             }
             IoJob::Release {
                 context,
@@ -160,13 +234,8 @@ fn run(
                 lock,
                 home,
             } => {
-                let ok = match store.save(&context, &payload) {
-                    Ok(_) => true,
-                    Err(e) => {
-                        tracing::error!(%context, error = %e, "final checkpoint failed; the previous generation remains");
-                        false
-                    }
-                };
+                // On failure the previous generation remains.
+                let ok = stats.save(store, &context, &payload);
                 drop(lock);
                 post(poster, home, Mail::Released { context, ok });
             }

@@ -116,7 +116,8 @@ impl Server {
             max_text_len: ecfg.limits.max_text_len,
             max_frame: ecfg.limits.max_frame,
         });
-        let (dh, g, admin_gauges) = (disk.clone(), gauges.clone(), gauges.clone());
+        let (dh, g, admin_gauges, admin_disk) =
+            (disk.clone(), gauges.clone(), gauges.clone(), disk.clone());
         let engine = Engine::start(ecfg, Some(bound), move |i| {
             Host::new(i, loops, hc.clone(), dh.clone(), g.clone())
         })
@@ -139,6 +140,7 @@ impl Server {
                 let handler = crate::admin::handler(
                     cfg.provider_id.clone(),
                     admin_gauges,
+                    admin_disk,
                     engine.stats().to_vec(),
                 );
                 match AdminServer::start(addr, "contextd-admin", handler) {

@@ -163,7 +163,9 @@ fn operators_read_metrics_of_both_servers_and_drain_a_contextd_through_the_direc
             let m = get(c_admin, "/metrics");
             (metric_sum(&m, "elko_contextd_contexts{") == 1.0
                 && metric_sum(&m, "elko_contextd_users{") == 1.0
-                && metric_sum(&m, "elko_contextd_loop_frames_in_total{") >= 2.0)
+                && metric_sum(&m, "elko_contextd_loop_frames_in_total{") >= 2.0
+                && metric_sum(&m, "elko_contextd_activations_total ") == 1.0
+                && metric_sum(&m, "elko_contextd_checkpoint_errors_total ") == 0.0)
                 .then_some(())
         },
     );
