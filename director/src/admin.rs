@@ -219,6 +219,12 @@ pub fn render_metrics(s: &Summary, providers: &[ProviderView]) -> String {
         "1 while the context server is draining.",
         &per(|p| if p.draining { 1.0 } else { 0.0 }),
     );
+    family(
+        "provider_refusing",
+        "gauge",
+        "1 while the context server is skipped for refusing an activation (NO_CAPACITY).",
+        &per(|p| if p.refusing { 1.0 } else { 0.0 }),
+    );
     out
 }
 
@@ -234,6 +240,7 @@ pub fn render_providers(providers: &[ProviderView]) -> String {
                 "workers": p.workers,
                 "capacity": p.capacity,
                 "draining": p.draining,
+                "refusing": p.refusing,
                 "load": p.load,
                 "activating": p.activating,
                 "users": p.users,
@@ -259,6 +266,7 @@ mod tests {
             workers: 2,
             capacity: 0,
             draining,
+            refusing: false,
             load: 12,
             activating: 1,
             users: 40,

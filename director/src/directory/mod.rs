@@ -89,6 +89,13 @@ pub struct DirectoryConfig {
     pub activation_timeout: Duration,
 }
 
+/// How many report intervals a provider that refused an activation with
+/// `NO_CAPACITY` is left out of placement. A server drained through another
+/// director (or full sooner than its reports said) refuses; without this
+/// back-off it would stay the least-loaded choice, and its clients would
+/// bounce between it and this director.
+pub const REFUSAL_BACKOFF_REPORTS: u32 = 3;
+
 impl DirectoryConfig {
     /// Defaults: 30 s tokens, 1 s reports, dead after 3 missed reports.
     pub fn new(director_id: impl Into<String>) -> Self {
@@ -190,6 +197,9 @@ struct Provider<C> {
     workers: u16,
     capacity: u32,
     draining: bool,
+    /// Refused an activation with NO_CAPACITY: no placement here before
+    /// then (extended by every further refusal).
+    refusing_until: Option<Instant>,
     reported: Reported,
     last_seq: Option<u64>,
     /// Registration or last LoadReport.
@@ -214,6 +224,7 @@ impl<C> Provider<C> {
             workers: r.workers,
             capacity: r.capacity,
             draining: false,
+            refusing_until: None,
             reported: Reported::default(),
             last_seq: None,
             last_heard: now,
@@ -278,6 +289,9 @@ pub struct ProviderView {
     pub workers: u16,
     pub capacity: u32,
     pub draining: bool,
+    /// Refused an activation with NO_CAPACITY recently: skipped by placement
+    /// for a few report intervals.
+    pub refusing: bool,
     /// The load placement uses (contexts plus fresh unconfirmed activations).
     pub load: u64,
     /// Activations ordered and not yet answered.
@@ -523,6 +537,7 @@ impl<C: Copy + Eq + Hash + Debug> Directory<C> {
                 workers: p.workers,
                 capacity: p.capacity,
                 draining: p.draining,
+                refusing: p.refusing_until.is_some_and(|t| now < t),
                 load: p.load(now, self.cfg.provisional_ttl),
                 activating: p.pending.len(),
                 users: p.reported.users,
@@ -658,7 +673,7 @@ impl<C: Copy + Eq + Hash + Debug> Directory<C> {
         let ttl = self.cfg.provisional_ttl;
         choose_provider(self.providers.iter().map(|(id, p)| Candidate {
             id,
-            accepting: !p.draining,
+            accepting: !p.draining && p.refusing_until.is_none_or(|t| now >= t),
             load: p.load(now, ttl),
             users: p.reported.users,
             capacity: p.capacity,
@@ -834,7 +849,7 @@ impl<C: Copy + Eq + Hash + Debug> Directory<C> {
         match msg {
             Message::LoadReport(m) => self.load_report(id, m, now),
             Message::ContextOpened(m) => self.context_opened(id, m.context),
-            Message::ActivateFailed(m) => self.activate_failed(id, m),
+            Message::ActivateFailed(m) => self.activate_failed(id, m, now.mono),
             Message::ContextClosed(m) => self.context_closed(id, &m.context),
             Message::UserEntered(m) => self.user_entered(id, m.context, m.user),
             Message::UserExited(m) => self.user_exited(id, &m.context, &m.user),
@@ -932,11 +947,19 @@ impl<C: Copy + Eq + Hash + Debug> Directory<C> {
         self.place(&context, id, PlacementState::Active);
     }
 
-    fn activate_failed(&mut self, id: &str, m: ActivateFailed) {
+    fn activate_failed(&mut self, id: &str, m: ActivateFailed, now: Instant) {
+        let backoff = self
+            .cfg
+            .report_interval
+            .saturating_mul(REFUSAL_BACKOFF_REPORTS);
         let Some(p) = self.providers.get_mut(id) else {
             return;
         };
         p.pending.remove(&m.context);
+        if m.code == ErrorCode::NO_CAPACITY {
+            tracing::info!(provider = id, context = %m.context, "provider refuses activations; placing elsewhere for {backoff:?}");
+            p.refusing_until = Some(now + backoff);
+        }
         let holder = m
             .holder
             .as_deref()

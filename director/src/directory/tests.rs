@@ -535,6 +535,41 @@ fn activate_failed_otherwise_forgets_the_context() {
 }
 
 #[test]
+fn a_provider_refusing_activations_is_skipped_for_a_few_report_intervals() {
+    let mut h = Harness::new();
+    h.register(1, "cd-a", 1, 0);
+    h.register(2, "cd-b", 1, 0);
+    // cd-b is busier, so cd-a (drained through another director, say) is chosen...
+    h.report(2, 1, 50, 0);
+    assert_eq!(activations(&h.enter(CLIENT, 1, "u", "room"), 1), ["room"]);
+    let now = h.now();
+    h.dir.handle_activate_failed(
+        1,
+        ActivateFailed {
+            context: "room".into(),
+            code: ErrorCode::NO_CAPACITY,
+            holder: None,
+        },
+        now,
+    );
+    assert_eq!(h.dir.placement("room"), None);
+    let view = |h: &Harness, id: &str| {
+        h.dir
+            .provider_views(h.now().mono)
+            .into_iter()
+            .find(|p| p.id == id)
+            .expect("registered")
+    };
+    assert!(view(&h, "cd-a").refusing);
+    // ...and refuses: the client coming back is placed on cd-b instead.
+    assert_eq!(activations(&h.enter(CLIENT, 2, "u", "room"), 2), ["room"]);
+    // After the back-off cd-a is eligible again.
+    h.advance(REFUSAL_BACKOFF_REPORTS as u64 * 1000 + 1);
+    assert!(!view(&h, "cd-a").refusing);
+    assert_eq!(activations(&h.enter(CLIENT, 3, "v", "hall"), 1), ["hall"]);
+}
+
+#[test]
 fn context_closed_forgets_the_context_and_its_users_only_if_recorded_there() {
     let mut h = Harness::new();
     h.register(1, "cd-a", 1, 0);
