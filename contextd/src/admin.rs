@@ -14,8 +14,7 @@
 use crate::host::LoopGauge;
 use crate::io::{DiskHandle, DiskStats};
 use elko_cluster::admin::{Method, Request, Response};
-use elko_engine::LoopStats;
-use std::fmt::Write;
+use elko_engine::{write_metric_family, LoopStats};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -45,33 +44,34 @@ pub fn handler(
 pub fn render_metrics(provider_id: &str, gauges: &[LoopGauge]) -> String {
     let mut out = String::new();
     let id = elko_cluster::admin::label_value(provider_id);
-    let _ = writeln!(
-        out,
-        "# HELP elko_contextd_info The context server's provider id and version."
-    );
-    let _ = writeln!(out, "# TYPE elko_contextd_info gauge");
-    let _ = writeln!(
-        out,
-        "elko_contextd_info{{provider=\"{id}\",version=\"{}\"}} 1",
+    let info = format!(
+        "{{provider=\"{id}\",version=\"{}\"}}",
         env!("CARGO_PKG_VERSION")
+    );
+    write_metric_family(
+        &mut out,
+        "elko_contextd_info",
+        "gauge",
+        "The context server's provider id and version.",
+        [(info, 1)],
     );
     for (name, help, get) in [
         (
-            "contexts",
+            "elko_contextd_contexts",
             "Contexts active (or loading) on the loop.",
             (|g: &LoopGauge| g.contexts.load(Relaxed)) as fn(&LoopGauge) -> u64,
         ),
         (
-            "users",
+            "elko_contextd_users",
             "Users present in the loop's contexts.",
             |g: &LoopGauge| g.users.load(Relaxed),
         ),
     ] {
-        let _ = writeln!(out, "# HELP elko_contextd_{name} {help}");
-        let _ = writeln!(out, "# TYPE elko_contextd_{name} gauge");
-        for (i, g) in gauges.iter().enumerate() {
-            let _ = writeln!(out, "elko_contextd_{name}{{loop=\"{i}\"}} {}", get(g));
-        }
+        let samples = gauges
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (format!("{{loop=\"{i}\"}}"), get(g)));
+        write_metric_family(&mut out, name, "gauge", help, samples);
     }
     out
 }
@@ -117,18 +117,20 @@ pub fn render_disk(out: &mut String, d: &DiskStats, queued: &[usize]) {
         ),
     ];
     for (name, help, v) in counters {
-        let _ = writeln!(out, "# HELP elko_contextd_{name} {help}");
-        let _ = writeln!(out, "# TYPE elko_contextd_{name} counter");
-        let _ = writeln!(out, "elko_contextd_{name} {v}");
+        let name = format!("elko_contextd_{name}");
+        write_metric_family(out, &name, "counter", help, [("", v)]);
     }
-    let _ = writeln!(
+    let queues = queued
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("{{thread=\"{i}\"}}"), n));
+    write_metric_family(
         out,
-        "# HELP elko_contextd_disk_queue_jobs Jobs waiting for a disk thread."
+        "elko_contextd_disk_queue_jobs",
+        "gauge",
+        "Jobs waiting for a disk thread.",
+        queues,
     );
-    let _ = writeln!(out, "# TYPE elko_contextd_disk_queue_jobs gauge");
-    for (i, n) in queued.iter().enumerate() {
-        let _ = writeln!(out, "elko_contextd_disk_queue_jobs{{thread=\"{i}\"}} {n}");
-    }
 }
 
 #[cfg(test)]

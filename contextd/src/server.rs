@@ -92,7 +92,7 @@ impl Server {
             addr: cfg.listen,
             source,
         })?;
-        let (disk, receivers) = DiskPool::channels(cfg.disk_threads);
+        let (disk_handle, receivers) = DiskPool::channels(cfg.disk_threads);
         let gauges: Arc<Vec<LoopGauge>> =
             Arc::new((0..loops).map(|_| LoopGauge::default()).collect());
         let epoch = std::time::SystemTime::now()
@@ -116,8 +116,7 @@ impl Server {
             max_text_len: ecfg.limits.max_text_len,
             max_frame: ecfg.limits.max_frame,
         });
-        let (dh, g, admin_gauges, admin_disk) =
-            (disk.clone(), gauges.clone(), gauges.clone(), disk.clone());
+        let (dh, g) = (disk_handle.clone(), gauges.clone());
         let engine = Engine::start(ecfg, Some(bound), move |i| {
             Host::new(i, loops, hc.clone(), dh.clone(), g.clone())
         })
@@ -127,7 +126,7 @@ impl Server {
         })?;
         drop(probe);
         let disk = DiskPool::start(
-            &disk,
+            &disk_handle,
             receivers,
             store,
             cfg.checkpoint_dir.clone(),
@@ -139,8 +138,8 @@ impl Server {
             Some(addr) => {
                 let handler = crate::admin::handler(
                     cfg.provider_id.clone(),
-                    admin_gauges,
-                    admin_disk,
+                    gauges,
+                    disk_handle,
                     engine.stats().to_vec(),
                 );
                 match AdminServer::start(addr, "contextd-admin", handler) {

@@ -13,8 +13,7 @@
 
 use crate::directory::{ProviderView, Summary};
 use elko_cluster::admin::{label_value, Method, Request, Response};
-use elko_engine::{LoopStats, Poster};
-use std::fmt::Write;
+use elko_engine::{write_metric_family, LoopStats, Poster};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,11 +100,8 @@ fn state(poster: &Poster<AdminMail>) -> Result<(Summary, Vec<ProviderView>), Res
 pub fn render_metrics(s: &Summary, providers: &[ProviderView]) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP elko_director_{name} {help}");
-        let _ = writeln!(out, "# TYPE elko_director_{name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "elko_director_{name}{labels} {v}");
-        }
+        let name = format!("elko_director_{name}");
+        write_metric_family(&mut out, &name, kind, help, samples.iter().cloned());
     };
     let one = |v: u64| vec![(String::new(), v as f64)];
     family(

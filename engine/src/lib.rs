@@ -42,7 +42,7 @@ pub use ctx::{connect_stream, Ctx, MAX_LISTENERS};
 pub use engine::{bind_listener, Engine, Poster};
 pub use handler::Handler;
 pub use out_queue::{OutQueue, WriteOutcome};
-pub use stats::{write_prometheus, LoopStats, LoopStatsSnapshot};
+pub use stats::{write_metric_family, write_prometheus, LoopStats, LoopStatsSnapshot};
 pub use timer::TimerId;
 pub use timerfd::TimerFd;
 

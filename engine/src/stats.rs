@@ -1,6 +1,7 @@
 //! Per-loop counters, readable from any thread.
 
 use crate::close::CloseKind;
+use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -151,45 +152,58 @@ const FAMILIES: [Family; 11] = [
     ),
 ];
 
+/// Append one metric family in the Prometheus text exposition format
+/// (version 0.0.4): its `# HELP` and `# TYPE` lines, then one sample per
+/// `(labels, value)`. `labels` is empty or `{name="value",...}` with the
+/// values already escaped.
+pub fn write_metric_family<L: Display, V: Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
 /// Append every loop's counters in the Prometheus text exposition format
 /// (version 0.0.4), one series per loop (`loop="N"`), closes by kind
 /// (`reason="..."`, the names of [`CloseKind::name`]). Names start with
 /// `prefix` (for example `elko_contextd`), so one scrape of several
 /// processes on a host keeps them apart.
 pub fn write_prometheus(out: &mut String, prefix: &str, stats: &[Arc<LoopStats>]) {
-    use std::fmt::Write;
     let snaps: Vec<LoopStatsSnapshot> = stats.iter().map(|s| s.snapshot()).collect();
     for (name, kind, help, get) in FAMILIES {
-        let _ = writeln!(out, "# HELP {prefix}_loop_{name} {help}");
-        let _ = writeln!(out, "# TYPE {prefix}_loop_{name} {kind}");
-        for (i, s) in snaps.iter().enumerate() {
+        let samples = snaps.iter().enumerate().map(|(i, s)| {
             let v = get(s);
-            if name == "busy_seconds_total" {
-                let _ = writeln!(
-                    out,
-                    "{prefix}_loop_{name}{{loop=\"{i}\"}} {:.9}",
-                    v as f64 / 1e9
-                );
+            let v = if name == "busy_seconds_total" {
+                format!("{:.9}", v as f64 / 1e9)
             } else {
-                let _ = writeln!(out, "{prefix}_loop_{name}{{loop=\"{i}\"}} {v}");
-            }
-        }
+                v.to_string()
+            };
+            (format!("{{loop=\"{i}\"}}"), v)
+        });
+        write_metric_family(out, &format!("{prefix}_loop_{name}"), kind, help, samples);
     }
-    let _ = writeln!(
+    let closed = snaps.iter().enumerate().flat_map(|(i, s)| {
+        CloseKind::ALL.map(|kind| {
+            (
+                format!("{{loop=\"{i}\",reason=\"{}\"}}", kind.name()),
+                s.closed[kind as usize],
+            )
+        })
+    });
+    write_metric_family(
         out,
-        "# HELP {prefix}_loop_closed_total Connections closed, by reason."
+        &format!("{prefix}_loop_closed_total"),
+        "counter",
+        "Connections closed, by reason.",
+        closed,
     );
-    let _ = writeln!(out, "# TYPE {prefix}_loop_closed_total counter");
-    for (i, s) in snaps.iter().enumerate() {
-        for kind in CloseKind::ALL {
-            let _ = writeln!(
-                out,
-                "{prefix}_loop_closed_total{{loop=\"{i}\",reason=\"{}\"}} {}",
-                kind.name(),
-                s.closed[kind as usize]
-            );
-        }
-    }
 }
 
 #[cfg(test)]

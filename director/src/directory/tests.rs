@@ -42,6 +42,17 @@ impl Harness {
         self.ms += ms;
     }
 
+    /// Provider on `conn` answers an Activate of `context` with ActivateFailed.
+    fn activate_failed(&mut self, conn: u32, context: &str, code: ErrorCode, holder: Option<&str>) {
+        let now = self.now();
+        let m = ActivateFailed {
+            context: context.into(),
+            code,
+            holder: holder.map(str::to_owned),
+        };
+        self.dir.handle_activate_failed(conn, m, now);
+    }
+
     fn outputs(&mut self) -> Vec<Output<u32>> {
         std::iter::from_fn(|| self.dir.poll_output()).collect()
     }
@@ -487,16 +498,7 @@ fn activate_failed_already_active_reroutes_to_the_holder() {
     h.register(2, "cd-b", 1, 0);
     h.report(2, 1, 50, 0);
     assert_eq!(activations(&h.enter(CLIENT, 1, "u", "room"), 1), ["room"]);
-    let now = h.now();
-    h.dir.handle_activate_failed(
-        1,
-        ActivateFailed {
-            context: "room".into(),
-            code: ErrorCode::ALREADY_ACTIVE,
-            holder: Some("cd-b".into()),
-        },
-        now,
-    );
+    h.activate_failed(1, "room", ErrorCode::ALREADY_ACTIVE, Some("cd-b"));
     assert_eq!(h.dir.placement("room"), Some(("cd-b", true)));
     let outs = h.enter(CLIENT, 2, "v", "room");
     assert!(activations(&outs, 1).is_empty() && activations(&outs, 2).is_empty());
@@ -508,29 +510,12 @@ fn activate_failed_otherwise_forgets_the_context() {
     let mut h = Harness::new();
     h.register(1, "cd-a", 1, 0);
     h.enter(CLIENT, 1, "u", "room");
-    let now = h.now();
     for holder in [None, Some("unknown-provider".to_string())] {
-        h.dir.handle_activate_failed(
-            1,
-            ActivateFailed {
-                context: "room".into(),
-                code: ErrorCode::ALREADY_ACTIVE,
-                holder,
-            },
-            now,
-        );
+        h.activate_failed(1, "room", ErrorCode::ALREADY_ACTIVE, holder.as_deref());
         assert_eq!(h.dir.placement("room"), None);
         assert_eq!(activations(&h.enter(CLIENT, 2, "u", "room"), 1), ["room"]);
     }
-    h.dir.handle_activate_failed(
-        1,
-        ActivateFailed {
-            context: "room".into(),
-            code: ErrorCode::CHECKPOINT_FAILED,
-            holder: None,
-        },
-        now,
-    );
+    h.activate_failed(1, "room", ErrorCode::CHECKPOINT_FAILED, None);
     assert_eq!(h.dir.placement("room"), None);
 }
 
@@ -542,16 +527,7 @@ fn a_provider_refusing_activations_is_skipped_for_a_few_report_intervals() {
     // cd-b is busier, so cd-a (drained through another director, say) is chosen...
     h.report(2, 1, 50, 0);
     assert_eq!(activations(&h.enter(CLIENT, 1, "u", "room"), 1), ["room"]);
-    let now = h.now();
-    h.dir.handle_activate_failed(
-        1,
-        ActivateFailed {
-            context: "room".into(),
-            code: ErrorCode::NO_CAPACITY,
-            holder: None,
-        },
-        now,
-    );
+    h.activate_failed(1, "room", ErrorCode::NO_CAPACITY, None);
     assert_eq!(h.dir.placement("room"), None);
     let view = |h: &Harness, id: &str| {
         h.dir
