@@ -181,6 +181,42 @@ fn a_breached_threshold_fails_the_run_and_a_bad_one_is_refused() {
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }
 
+#[test]
+fn a_cluster_nobody_can_reach_fails_the_run_with_the_reason() {
+    // A port nothing listens on: every client's connect is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let director = format!("127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
+        .args([
+            "chat",
+            "--clients",
+            "10",
+            "--rooms",
+            "2",
+            "--duration",
+            "30",
+        ])
+        .args(["--ramp", "0.5", "--director", &director])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("none of the 10 clients got into its room")
+            && stderr.contains(&director)
+            && stderr.contains("connect_failed"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "gave up at the end of the ramp, not after the 30 s steady state"
+    );
+}
+
 /// Run a short chat scenario with extra arguments; returns the JSON report.
 fn small_run(extra: &[&str], tag: &str) -> serde_json::Value {
     let dir = bin_dir();
