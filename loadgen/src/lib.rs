@@ -8,12 +8,13 @@
 //! (Elko clients on the engine), [`peer`] (Redis and NATS clients on raw
 //! mio loops), [`metrics`] (per-loop counters and histograms),
 //! [`generator`] (loops in this process or in worker processes), [`run`]
-//! (the controller), [`procs`] (server processes and /proc), [`report`]
-//! and [`threshold`].
+//! (the controller), [`procs`] (server processes and /proc), [`report`],
+//! [`hlog`] (HdrHistogram interval logs) and [`threshold`].
 
 pub mod clock;
 pub mod driver;
 pub mod generator;
+pub mod hlog;
 pub mod metrics;
 pub mod payload;
 pub mod peer;

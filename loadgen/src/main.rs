@@ -101,6 +101,10 @@ struct ChatArgs {
     /// Write latency plots as SVG.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Write the per-second latency histograms as an HdrHistogram interval log (µs; one
+    /// Tag per target), for HistogramLogProcessor, HistogramLogAnalyzer and the like.
+    #[arg(long)]
+    hlog: Option<PathBuf>,
     /// A limit; a breach makes the exit status 1. Repeatable: 'p99<5ms', 'loss<=0', 'cpu<5'.
     /// With --repeat, every round is judged.
     #[arg(long)]
@@ -172,7 +176,7 @@ fn target_of(a: &ChatArgs, kind: TargetKind) -> Target {
     }
 }
 
-fn write_file(path: &PathBuf, what: &str, body: String) {
+fn write_file(path: &PathBuf, what: &str, body: impl AsRef<[u8]>) {
     if let Err(e) = std::fs::write(path, body) {
         eprintln!(
             "elko-loadgen: cannot write {what} to {}: {e}",
@@ -306,6 +310,10 @@ fn main() {
     }
     if let Some(p) = &args.plot {
         write_file(p, "SVG", svg(&reports.iter().collect::<Vec<_>>()));
+    }
+    if let Some(p) = &args.hlog {
+        let body = elko_loadgen::hlog::file(&reports.iter().collect::<Vec<_>>());
+        write_file(p, "the interval log", body);
     }
     let mut breached = false;
     for t in &args.threshold {

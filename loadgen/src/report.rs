@@ -91,6 +91,8 @@ pub struct Report {
     pub clients_connected: u64,
     pub rooms: usize,
     pub duration_s: f64,
+    /// When the steady state began, in seconds from the start of the run.
+    pub steady_from_s: f64,
     pub utterances_sent: u64,
     pub deliveries_expected: u64,
     pub deliveries_received: u64,
@@ -129,6 +131,9 @@ pub struct Report {
     pub timeline: Vec<TimelineRow>,
     #[serde(skip)]
     pub distribution: Vec<(f64, u64)>,
+    /// The per-second histograms for `--hlog`.
+    #[serde(skip)]
+    pub interval_log: crate::hlog::IntervalLog,
 }
 
 fn ms(us: u64) -> String {
@@ -867,6 +872,8 @@ pub(crate) mod tests {
                 loadgen_cpu_percent: 6.0,
             }],
             distribution: distribution(&h),
+            steady_from_s: 11.0,
+            interval_log: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 
 use crate::clock::mono_now_ns;
 use crate::generator::{ChildGen, Final, GenError, GenSpec, Generator, LocalGen, TargetKind};
+use crate::hlog::IntervalLog;
 use crate::metrics::{new_histogram, Counters, Window};
 use crate::procs::{
     ksoftirqd_pids, machine_times, sample, socket_count, Cluster, ClusterError, MachineTimes,
@@ -19,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Where the servers are.
 #[derive(Debug, Clone)]
@@ -277,7 +278,9 @@ fn drive(
     let mut drain_started: Option<Instant> = None;
     let mut was_interrupted = false;
     let mut nobody_entered = false;
+    let mut interval_log = IntervalLog::new(SystemTime::now() - epoch.elapsed());
     let mut tick = epoch + Duration::from_secs(1);
+    let mut last_t = Duration::ZERO;
     loop {
         std::thread::sleep(tick.saturating_duration_since(Instant::now()));
         tick += Duration::from_secs(1);
@@ -356,6 +359,9 @@ fn drive(
             eprintln!("{line}");
         }
         timeline.push(row);
+        let length = t.saturating_sub(last_t);
+        interval_log.record(kind.name(), last_t, length, &ih);
+        last_t = t;
 
         // The `max` preset: at the end of every step, judge it, then speed up or stop.
         if s.preset == Preset::Max {
@@ -523,6 +529,8 @@ fn drive(
         }),
         max_steps,
         distribution: distribution(&corr),
+        steady_from_s: window_start.as_secs_f64(),
+        interval_log,
         timeline,
     };
     report.warnings = warnings(&report, s.gen_loops * shares);

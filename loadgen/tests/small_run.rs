@@ -45,6 +45,7 @@ fn two_hundred_clients_ten_rooms_lose_nothing() {
     let json = std::env::temp_dir().join(format!("elko-loadgen-test-{}.json", std::process::id()));
     let csv = json.with_extension("csv");
     let svg = json.with_extension("svg");
+    let hlog = json.with_extension("hlog");
     let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
         .args([
             "chat",
@@ -67,6 +68,8 @@ fn two_hundred_clients_ten_rooms_lose_nothing() {
         .arg(&csv)
         .arg("--plot")
         .arg(&svg)
+        .arg("--hlog")
+        .arg(&hlog)
         .args(["--threshold", "loss<=0"])
         .output()
         .expect("run elko-loadgen");
@@ -131,6 +134,7 @@ fn two_hundred_clients_ten_rooms_lose_nothing() {
     assert!(csv.lines().count() >= 8, "one row per second");
     let svg = std::fs::read_to_string(&svg).expect("svg written");
     assert!(svg.starts_with("<svg") && svg.contains("<path"));
+    assert_interval_log(&std::fs::read(&hlog).expect("hlog written"), expected);
     assert!(
         stdout.contains("2002 (2x400 MHz SPARC)"),
         "summary beside 2002:\n{stdout}"
@@ -139,6 +143,7 @@ fn two_hundred_clients_ten_rooms_lose_nothing() {
         json.clone(),
         json.with_extension("csv"),
         json.with_extension("svg"),
+        json.with_extension("hlog"),
     ] {
         let _ = std::fs::remove_file(f);
     }
@@ -214,6 +219,32 @@ fn a_cluster_nobody_can_reach_fails_the_run_with_the_reason() {
     assert!(
         started.elapsed() < std::time::Duration::from_secs(20),
         "gave up at the end of the ramp, not after the 30 s steady state"
+    );
+}
+
+/// The interval log parses with HdrHistogram's own reader, every interval is
+/// tagged `elko`, and together they hold at least the steady state's deliveries.
+fn assert_interval_log(log: &[u8], steady_deliveries: u64) {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    let (mut intervals, mut values) = (0, 0);
+    for entry in IntervalLogIterator::new(log) {
+        if let LogEntry::Interval(i) = entry.expect("a valid interval log") {
+            assert_eq!(i.tag().map(|t| t.as_str()), Some("elko"));
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(i.encoded_histogram())
+                .expect("base64");
+            let h: hdrhistogram::Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+                .deserialize(&mut bytes.as_slice())
+                .expect("a V2 histogram");
+            intervals += 1;
+            values += h.len();
+        }
+    }
+    assert!(intervals >= 8, "one interval per second: {intervals}");
+    assert!(
+        values >= steady_deliveries,
+        "{values} latencies logged, {steady_deliveries} deliveries in the steady state"
     );
 }
 
