@@ -53,6 +53,54 @@ pub struct MachineTimes {
     pub steal_s: f64,
 }
 
+/// What the run ran on, for the report (a figure means little without it).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Machine {
+    /// CPUs this process may run on.
+    pub cpus: usize,
+    /// The first processor's model name (`/proc/cpuinfo`).
+    pub cpu_model: String,
+    pub memory_bytes: u64,
+    /// `uname -r`.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// This machine, as far as `/proc` tells.
+    pub fn this() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |text: &str, key: &str| -> Option<String> {
+            text.lines()
+                .find(|l| l.split(':').next().map(str::trim) == Some(key))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model: field(&cpuinfo, "model name").unwrap_or_else(|| "unknown".into()),
+            memory_bytes: field(&meminfo, "MemTotal")
+                .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map_or(0, |kb| kb * 1024),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|k| k.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+        }
+    }
+
+    /// "2 CPUs (Intel(R) Xeon(R) Processor), 24.0 GiB, Linux 6.18.44".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} CPU{} ({}), {:.1} GiB, Linux {}",
+            self.cpus,
+            if self.cpus == 1 { "" } else { "s" },
+            self.cpu_model,
+            self.memory_bytes as f64 / (1u64 << 30) as f64,
+            self.kernel
+        )
+    }
+}
+
 /// The whole machine's CPU seconds so far.
 pub fn machine_times() -> Option<MachineTimes> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -406,6 +454,17 @@ pub fn default_bin_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_machine_is_described_from_proc() {
+        let m = Machine::this();
+        assert!(m.cpus >= 1);
+        assert!(m.memory_bytes > 1 << 20, "{m:?}");
+        assert!(!m.kernel.is_empty() && m.kernel != "unknown", "{m:?}");
+        let d = m.describe();
+        assert!(d.contains(&format!("Linux {}", m.kernel)), "{d}");
+        assert!(d.contains(" GiB"), "{d}");
+    }
 
     #[test]
     fn this_process_has_cpu_and_memory() {

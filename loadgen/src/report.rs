@@ -117,6 +117,8 @@ pub struct Report {
     pub host_steal_worst_second_percent_of_core: f64,
     pub errors: BTreeMap<String, u64>,
     pub git_sha: String,
+    /// What the run ran on.
+    pub machine: crate::procs::Machine,
     pub target_utterances_per_s: f64,
     pub target_deliveries_per_s: f64,
     pub achieved_utterances_per_s: f64,
@@ -151,10 +153,11 @@ impl Report {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "\nelko-loadgen chat — preset {}, target {}, build {}",
+            "\nelko-loadgen chat — preset {}, target {}, build {}\nmachine: {}",
             s.preset.name(),
             self.target,
-            self.git_sha
+            self.git_sha,
+            self.machine.describe()
         );
         let _ = writeln!(
             o,
@@ -734,13 +737,14 @@ pub fn comparison(reports: &[Report]) -> String {
     let s = &first.scenario;
     let _ = writeln!(
         o,
-        "\nside by side — preset {}: {} clients, {} rooms, one utterance per {:.2} s each, {} B, steady {:.0} s",
+        "\nside by side — preset {}: {} clients, {} rooms, one utterance per {:.2} s each, {} B, steady {:.0} s\nmachine: {}",
         s.preset.name(),
         s.clients,
         s.rooms,
         s.interval.as_secs_f64(),
         s.message_size,
-        s.duration.as_secs_f64()
+        s.duration.as_secs_f64(),
+        first.machine.describe()
     );
     let _ = write!(o, "{:<34}", "");
     for r in reports {
@@ -874,6 +878,12 @@ pub(crate) mod tests {
             distribution: distribution(&h),
             steady_from_s: 11.0,
             interval_log: Default::default(),
+            machine: crate::procs::Machine {
+                cpus: 2,
+                cpu_model: "Test CPU".into(),
+                memory_bytes: 4 << 30,
+                kernel: "6.1.0".into(),
+            },
         }
     }
 
@@ -923,6 +933,7 @@ pub(crate) mod tests {
             "loadgen_cpu_percent_of_core",
             "errors",
             "git_sha",
+            "machine",
         ] {
             assert!(v.get(key).is_some(), "no {key}");
         }

@@ -7,8 +7,8 @@ use crate::generator::{ChildGen, Final, GenError, GenSpec, Generator, LocalGen, 
 use crate::hlog::IntervalLog;
 use crate::metrics::{new_histogram, Counters, Window};
 use crate::procs::{
-    ksoftirqd_pids, machine_times, sample, socket_count, Cluster, ClusterError, MachineTimes,
-    PeerServer, ProcSample, Server,
+    ksoftirqd_pids, machine_times, sample, socket_count, Cluster, ClusterError, Machine,
+    MachineTimes, PeerServer, ProcSample, Server,
 };
 use crate::report::{
     distribution, MaxStep, Percentiles, ProcReport, Report, ServerReport, TimelineRow,
@@ -508,6 +508,7 @@ fn drive(
         host_steal_worst_second_percent_of_core: 100.0 * worst_steal_second,
         errors,
         git_sha: env!("ELKO_GIT_SHA").into(),
+        machine: Machine::this(),
         target_utterances_per_s: s.target_utterances_per_s(),
         target_deliveries_per_s: s.target_deliveries_per_s(),
         achieved_utterances_per_s: totals.utterances_window as f64 / steady_s,

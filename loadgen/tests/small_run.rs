@@ -100,6 +100,7 @@ fn two_hundred_clients_ten_rooms_lose_nothing() {
         "loadgen_cpu_percent_of_core",
         "errors",
         "git_sha",
+        "machine",
     ] {
         assert!(v.get(key).is_some(), "JSON lacks {key}");
     }
