@@ -8,7 +8,8 @@
 //! (Elko clients on the engine), [`peer`] (Redis and NATS clients on raw
 //! mio loops), [`metrics`] (per-loop counters and histograms),
 //! [`generator`] (loops in this process or in worker processes), [`run`]
-//! (the controller), [`procs`] (server processes and /proc), [`report`],
+//! (the controller), [`stepper`] (the `max` preset's rate search),
+//! [`procs`] (server processes and /proc), [`report`],
 //! [`hlog`] (HdrHistogram interval logs) and [`threshold`].
 
 pub mod clock;
@@ -24,4 +25,5 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod schedule;
+pub mod stepper;
 pub mod threshold;

@@ -9,7 +9,7 @@ use elko_loadgen::run::{run, Target};
 use elko_loadgen::scenario::{Preset, Scenario};
 use elko_loadgen::threshold::Threshold;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -227,6 +227,29 @@ fn main() {
         s.processes(),
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", then ")
     );
+    let (rounds, failed) = run_rounds(&args, &s, &kinds, &exe);
+    write_outputs(&args, &kinds, &rounds);
+    let breached = judge(&args.threshold, &rounds, kinds[0]);
+    if failed > 0 {
+        eprintln!(
+            "elko-loadgen: {failed} of {} runs failed",
+            kinds.len() * args.repeat as usize
+        );
+        std::process::exit(2);
+    }
+    if breached {
+        std::process::exit(1);
+    }
+}
+
+/// Every round of every target, printing each report as it ends; and how
+/// many runs failed. Exits (status 2) if the very first run failed.
+fn run_rounds(
+    args: &ChatArgs,
+    s: &Scenario,
+    kinds: &[TargetKind],
+    exe: &Path,
+) -> (Vec<Vec<Report>>, usize) {
     let mut rounds: Vec<Vec<Report>> = Vec::new();
     let mut failed = 0usize;
     for round in 1..=args.repeat {
@@ -234,8 +257,8 @@ fn main() {
             eprintln!("elko-loadgen: round {round} of {}", args.repeat);
         }
         let mut reports: Vec<Report> = Vec::new();
-        for &k in &kinds {
-            match run(&s, target_of(&args, k), &exe) {
+        for &k in kinds {
+            match run(s, target_of(args, k), exe) {
                 Ok(r) => {
                     println!("{}", r.summary());
                     reports.push(r);
@@ -259,10 +282,17 @@ fn main() {
             break;
         }
     }
-    let Some(reports) = rounds.first().cloned() else {
+    if rounds.is_empty() {
         eprintln!("elko-loadgen: no round completed");
         std::process::exit(2);
-    };
+    }
+    (rounds, failed)
+}
+
+/// The summary over rounds (with --repeat) and the files asked for: JSON
+/// (every round), CSV, plot and interval log (the first round).
+fn write_outputs(args: &ChatArgs, kinds: &[TargetKind], rounds: &[Vec<Report>]) {
+    let reports = &rounds[0];
     // Rounds with a failed run are reported but not summarised.
     let complete: Vec<Vec<Report>> = rounds
         .iter()
@@ -285,7 +315,7 @@ fn main() {
             }
         };
         let body = match &summary {
-            None => serde_json::to_string_pretty(&one(&reports)),
+            None => serde_json::to_string_pretty(&one(reports)),
             Some(sm) => serde_json::to_string_pretty(&serde_json::json!({
                 "rounds": rounds.iter().map(|r| one(r)).collect::<Vec<_>>(),
                 "summary": sm,
@@ -295,7 +325,7 @@ fn main() {
     }
     if let Some(p) = &args.csv {
         let mut body = String::new();
-        for r in &reports {
+        for r in reports {
             let csv = r.csv();
             let mut lines = csv.lines();
             let header = lines.next().unwrap_or_default();
@@ -308,18 +338,22 @@ fn main() {
         }
         write_file(p, "CSV", body);
     }
+    let first: Vec<&Report> = reports.iter().collect();
     if let Some(p) = &args.plot {
-        write_file(p, "SVG", svg(&reports.iter().collect::<Vec<_>>()));
+        write_file(p, "SVG", svg(&first));
     }
     if let Some(p) = &args.hlog {
-        let body = elko_loadgen::hlog::file(&reports.iter().collect::<Vec<_>>());
-        write_file(p, "the interval log", body);
+        write_file(p, "the interval log", elko_loadgen::hlog::file(&first));
     }
+}
+
+/// Judge every threshold on every round's first target; true if any is breached.
+fn judge(thresholds: &[Threshold], rounds: &[Vec<Report>], first: TargetKind) -> bool {
     let mut breached = false;
-    for t in &args.threshold {
+    for t in thresholds {
         for (i, round) in rounds.iter().enumerate() {
             let r = &round[0];
-            if r.target != kinds[0].name() {
+            if r.target != first.name() {
                 continue; // this round's first target failed
             }
             let ok = t.holds(r);
@@ -337,14 +371,5 @@ fn main() {
             breached |= !ok;
         }
     }
-    if failed > 0 {
-        eprintln!(
-            "elko-loadgen: {failed} of {} runs failed",
-            kinds.len() * args.repeat as usize
-        );
-        std::process::exit(2);
-    }
-    if breached {
-        std::process::exit(1);
-    }
+    breached
 }

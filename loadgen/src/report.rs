@@ -1,5 +1,7 @@
 //! The report: a human summary beside the 2002 figures, JSON, CSV, SVG.
 
+use crate::metrics::Counters;
+use crate::procs::ProcSample;
 use crate::scenario::Scenario;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -70,6 +72,37 @@ pub struct TimelineRow {
     pub max_us: u64,
     pub server_cpu_percent: f64,
     pub loadgen_cpu_percent: f64,
+}
+
+impl TimelineRow {
+    /// The second ending at `t` (from the run's start): rates from the
+    /// counters' change since `last`, latencies from the second's histogram,
+    /// CPU from the second's samples of the servers and the generator.
+    pub fn second(
+        t: std::time::Duration,
+        phase: &'static str,
+        c: &Counters,
+        last: &Counters,
+        latencies: &Histogram<u64>,
+        servers: &[ProcSample],
+        gen_cpu_s: f64,
+    ) -> TimelineRow {
+        let p = Percentiles::of(latencies);
+        let server_cpu_s: f64 = servers.iter().map(|p| p.cpu_s).sum();
+        TimelineRow {
+            t_s: t.as_secs_f64(),
+            phase,
+            connected: c.connected.max(0) as u64,
+            utterances_per_s: c.sent_total.saturating_sub(last.sent_total) as f64,
+            deliveries_per_s: c.received_total.saturating_sub(last.received_total) as f64,
+            p50_us: p.p50,
+            p99_us: p.p99,
+            max_us: p.max,
+            // An empty f64 sum is -0.0: no servers of our own to watch.
+            server_cpu_percent: 100.0 * server_cpu_s + 0.0,
+            loadgen_cpu_percent: 100.0 * gen_cpu_s,
+        }
+    }
 }
 
 /// One step of the `max` preset.

@@ -3,17 +3,16 @@
 //! report.
 
 use crate::clock::mono_now_ns;
-use crate::generator::{ChildGen, Final, GenError, GenSpec, Generator, LocalGen, TargetKind};
+use crate::generator::{ChildGen, GenError, GenSpec, Generator, LocalGen, TargetKind};
 use crate::hlog::IntervalLog;
 use crate::metrics::{new_histogram, Counters, Window};
 use crate::procs::{
     ksoftirqd_pids, machine_times, sample, socket_count, Cluster, ClusterError, Machine,
     MachineTimes, PeerServer, ProcSample, Server,
 };
-use crate::report::{
-    distribution, MaxStep, Percentiles, ProcReport, Report, ServerReport, TimelineRow,
-};
+use crate::report::{distribution, Percentiles, ProcReport, Report, ServerReport, TimelineRow};
 use crate::scenario::{Preset, Scenario, CLIENTS_PER_SOURCE_IP};
+use crate::stepper::Stepper;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -259,20 +258,10 @@ fn drive(
     let mut timeline = Vec::new();
     let tty = std::io::stderr().is_terminal();
     let mut last = Counters::default();
-    let mut steady_cpu = vec![0.0f64; server_procs.len()];
-    let mut steady_gen_cpu = 0.0f64;
-    let mut steady_samples = 0u32;
-    let mut steady_machine_cpu = 0.0f64;
-    let mut steady_steal = 0.0f64;
-    let mut worst_steal_second = 0.0f64;
-    let mut steady_softirq_cpu = 0.0f64;
-    let mut steady_rss = vec![0u64; server_procs.len()];
+    let mut totals = SteadyTotals::new(server_procs.len());
     let mut sockets: Vec<Option<u64>> = vec![None; server_procs.len()];
-    let mut max_steps: Vec<MaxStep> = Vec::new();
-    let mut step = (Instant::now(), Counters::default());
-    let mut step_hist = new_histogram();
-    let mut stepping_stopped = false;
-    let mut mean_us = s.interval.as_micros() as u64;
+    let mut stepper = (s.preset == Preset::Max)
+        .then(|| Stepper::new(s.step, s.clients, s.interval.as_micros() as u64));
     let window_start = Duration::from_micros(window.start_us);
     let window_end = Duration::from_micros(window.end_us);
     let mut drain_started: Option<Instant> = None;
@@ -305,94 +294,25 @@ fn drive(
             "drain"
         };
         if steady {
-            steady_samples += 1;
-            for (i, p) in per.iter().enumerate() {
-                steady_cpu[i] += p.cpu_s;
-                steady_rss[i] = steady_rss[i].max(p.rss_bytes);
-            }
-            steady_gen_cpu += gen_cpu;
-            steady_machine_cpu += machine_cpu.busy_s;
-            steady_steal += machine_cpu.steal_s;
-            worst_steal_second = worst_steal_second.max(machine_cpu.steal_s);
-            steady_softirq_cpu += softirq_cpu;
+            totals.add(&per, gen_cpu, machine_cpu, softirq_cpu);
             if sockets.iter().all(Option::is_none) {
                 sockets = server_procs.iter().map(|p| socket_count(p.1)).collect();
             }
         }
-        let q = |h: &hdrhistogram::Histogram<u64>, v: f64| {
-            if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(v)
-            }
-        };
-        let srv: f64 = per.iter().map(|p| p.cpu_s).sum();
-        let row = TimelineRow {
-            t_s: t.as_secs_f64(),
-            phase,
-            connected: c.connected.max(0) as u64,
-            utterances_per_s: (c.sent_total - last.sent_total) as f64,
-            deliveries_per_s: (c.received_total - last.received_total) as f64,
-            p50_us: q(&ih, 0.5),
-            p99_us: q(&ih, 0.99),
-            max_us: if ih.is_empty() { 0 } else { ih.max() },
-            // An empty f64 sum is -0.0: no servers of our own to watch.
-            server_cpu_percent: 100.0 * srv + 0.0,
-            loadgen_cpu_percent: 100.0 * gen_cpu,
-        };
-        let _ = step_hist.add(&ih);
+        let row = TimelineRow::second(t, phase, &c, &last, &ih, &per, gen_cpu);
         last = c;
-        let line = format!(
-            "[{:>4.0}s] {:<6} {} connected {:>6}/{:<6} utt/s {:>8.0}  deliv/s {:>9.0}  p99 {:>8.2} ms  max {:>8.2} ms  server CPU {:>5.1}%  gen CPU {:>5.1}%",
-            row.t_s, row.phase, kind.name(), row.connected, s.clients, row.utterances_per_s, row.deliveries_per_s,
-            row.p99_us as f64 / 1e3, row.max_us as f64 / 1e3, row.server_cpu_percent, row.loadgen_cpu_percent
+        progress(
+            &row,
+            kind,
+            s.clients,
+            tty.then(|| t.as_secs_f64() / window_end.as_secs_f64()),
         );
-        if tty {
-            let done = (t.as_secs_f64() / window_end.as_secs_f64()).min(1.0);
-            let filled = (done * 20.0) as usize;
-            eprint!(
-                "\r[{}{}] {line}\x1b[K",
-                "#".repeat(filled),
-                ".".repeat(20 - filled)
-            );
-        } else {
-            eprintln!("{line}");
-        }
         timeline.push(row);
-        let length = t.saturating_sub(last_t);
-        interval_log.record(kind.name(), last_t, length, &ih);
+        interval_log.record(kind.name(), last_t, t.saturating_sub(last_t), &ih);
         last_t = t;
-
-        // The `max` preset: at the end of every step, judge it, then speed up or stop.
-        if s.preset == Preset::Max {
-            if !steady {
-                step = (Instant::now(), c);
-                step_hist.reset();
-            } else if !stepping_stopped && step.0.elapsed() >= s.step {
-                let secs = step.0.elapsed().as_secs_f64();
-                let p99 = if step_hist.is_empty() {
-                    u64::MAX
-                } else {
-                    step_hist.value_at_quantile(0.99)
-                };
-                let in_flight = (c.expected_window - step.1.expected_window)
-                    .saturating_sub(c.received_window - step.1.received_window);
-                max_steps.push(MaxStep {
-                    utterances_per_s_target: s.clients as f64 * 1e6 / mean_us as f64,
-                    deliveries_per_s: (c.received_total - step.1.received_total) as f64 / secs,
-                    p99_us: p99,
-                    in_flight_at_step_end: in_flight,
-                });
-                if p99 > 100_000 {
-                    stepping_stopped = true;
-                } else {
-                    mean_us = (mean_us as f64 * 0.7) as u64;
-                    for g in &mut gens {
-                        g.set_mean_interval_us(mean_us);
-                    }
-                }
-                step = (Instant::now(), c);
-                step_hist.reset();
+        if let Some(mean_us) = stepper.as_mut().and_then(|st| st.second(t, steady, c, &ih)) {
+            for g in &mut gens {
+                g.set_mean_interval_us(mean_us);
             }
         }
 
@@ -420,20 +340,15 @@ fn drive(
         eprintln!();
     }
 
-    let mut totals = Counters::default();
+    let mut counters = Counters::default();
     let (mut corr, mut uncorr) = (new_histogram(), new_histogram());
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for g in gens {
-        let Final {
-            counters,
-            corrected,
-            uncorrected,
-            errors: e,
-        } = g.finish();
-        totals += counters;
-        let _ = corr.add(&corrected);
-        let _ = uncorr.add(&uncorrected);
-        for (k, v) in e {
+        let f = g.finish();
+        counters += f.counters;
+        let _ = corr.add(&f.corrected);
+        let _ = uncorr.add(&f.uncorrected);
+        for (k, v) in f.errors {
             *errors.entry(k).or_default() += v;
         }
     }
@@ -457,8 +372,6 @@ fn drive(
     }
 
     let steady_s = s.duration.as_secs_f64();
-    // CPU is sampled once a second: divide by the seconds sampled.
-    let cpu_s = f64::from(steady_samples.max(1));
     let connected_peak = timeline.iter().map(|r| r.connected).max().unwrap_or(0);
     let processes: Vec<ProcReport> = server_procs
         .iter()
@@ -466,16 +379,17 @@ fn drive(
         .map(|(i, (name, pid))| ProcReport {
             name: name.clone(),
             pid: *pid,
-            cpu_percent_of_core: 100.0 * steady_cpu[i] / cpu_s,
-            rss_bytes: steady_rss[i],
+            cpu_percent_of_core: totals.percent(totals.server_cpu_s[i]),
+            rss_bytes: totals.server_rss[i],
             rss_before_clients_bytes: baseline_rss[i],
             sockets: sockets[i],
         })
         .collect();
     let rss: u64 = processes.iter().map(|p| p.rss_bytes).sum();
     let rss_base: u64 = processes.iter().map(|p| p.rss_before_clients_bytes).sum();
+    let server_cpu = totals.percent(totals.server_cpu_s.iter().sum());
     let server = ServerReport {
-        cpu_percent_of_core: 100.0 * steady_cpu.iter().sum::<f64>() / cpu_s,
+        cpu_percent_of_core: server_cpu,
         rss_bytes: rss,
         rss_per_client_bytes: if connected_peak > 0 && !processes.is_empty() {
             rss.saturating_sub(rss_base) as f64 / connected_peak as f64
@@ -485,50 +399,44 @@ fn drive(
         connections: sockets.iter().flatten().copied().sum(),
         processes,
     };
-    let (expected, received) = (totals.expected_window, totals.received_window);
+    let (expected, received) = (counters.expected_window, counters.received_window);
     let mut report = Report {
         scenario: s.clone(),
         target: kind.name().into(),
         clients_connected: connected_peak,
         rooms: s.rooms,
         duration_s: steady_s,
-        utterances_sent: totals.utterances_window,
+        utterances_sent: counters.utterances_window,
         deliveries_expected: expected,
         deliveries_received: received,
         lost: expected.saturating_sub(received),
-        duplicates: totals.duplicates,
-        out_of_order: totals.out_of_order,
+        duplicates: counters.duplicates,
+        out_of_order: counters.out_of_order,
         latency_us: Percentiles::of(&corr),
         latency_uncorrected_us: Percentiles::of(&uncorr),
-        loadgen_cpu_percent_of_core: 100.0 * steady_gen_cpu / cpu_s,
+        loadgen_cpu_percent_of_core: totals.percent(totals.gen_cpu_s),
         loadgen_processes: shares,
-        machine_cpu_percent_of_core: 100.0 * steady_machine_cpu / cpu_s,
-        kernel_softirq_threads_cpu_percent_of_core: 100.0 * steady_softirq_cpu / cpu_s,
-        host_steal_percent_of_core: 100.0 * steady_steal / cpu_s,
-        host_steal_worst_second_percent_of_core: 100.0 * worst_steal_second,
+        machine_cpu_percent_of_core: totals.percent(totals.machine.busy_s),
+        kernel_softirq_threads_cpu_percent_of_core: totals.percent(totals.softirq_cpu_s),
+        host_steal_percent_of_core: totals.percent(totals.machine.steal_s),
+        host_steal_worst_second_percent_of_core: 100.0 * totals.worst_steal_second_s,
         errors,
         git_sha: env!("ELKO_GIT_SHA").into(),
         machine: Machine::this(),
         target_utterances_per_s: s.target_utterances_per_s(),
         target_deliveries_per_s: s.target_deliveries_per_s(),
-        achieved_utterances_per_s: totals.utterances_window as f64 / steady_s,
+        achieved_utterances_per_s: counters.utterances_window as f64 / steady_s,
         achieved_deliveries_per_s: received as f64 / steady_s,
         // CPU per second over deliveries per second.
         server_cpu_us_per_delivery: if received > 0 {
-            1e6 * (steady_cpu.iter().sum::<f64>() / cpu_s) / (received as f64 / steady_s)
+            1e4 * server_cpu / (received as f64 / steady_s)
         } else {
             0.0
         },
         server,
         warnings: Vec::new(),
-        max_sustained_deliveries_per_s: (s.preset == Preset::Max).then(|| {
-            max_steps
-                .iter()
-                .filter(|m| m.p99_us <= 100_000)
-                .map(|m| m.deliveries_per_s)
-                .fold(0.0, f64::max)
-        }),
-        max_steps,
+        max_sustained_deliveries_per_s: stepper.as_ref().map(Stepper::best),
+        max_steps: stepper.map(Stepper::into_steps).unwrap_or_default(),
         distribution: distribution(&corr),
         steady_from_s: window_start.as_secs_f64(),
         interval_log,
@@ -543,6 +451,78 @@ fn drive(
     }
     let _ = std::io::stderr().flush();
     Ok(report)
+}
+
+/// Sums over the steady state's one-second samples.
+struct SteadyTotals {
+    samples: u32,
+    /// CPU seconds of each server process.
+    server_cpu_s: Vec<f64>,
+    /// Highest resident memory of each server process.
+    server_rss: Vec<u64>,
+    gen_cpu_s: f64,
+    machine: MachineTimes,
+    worst_steal_second_s: f64,
+    softirq_cpu_s: f64,
+}
+
+impl SteadyTotals {
+    fn new(servers: usize) -> SteadyTotals {
+        SteadyTotals {
+            samples: 0,
+            server_cpu_s: vec![0.0; servers],
+            server_rss: vec![0; servers],
+            gen_cpu_s: 0.0,
+            machine: MachineTimes::default(),
+            worst_steal_second_s: 0.0,
+            softirq_cpu_s: 0.0,
+        }
+    }
+
+    fn add(&mut self, per: &[ProcSample], gen_cpu_s: f64, machine: MachineTimes, softirq_s: f64) {
+        self.samples += 1;
+        for ((cpu, rss), p) in self
+            .server_cpu_s
+            .iter_mut()
+            .zip(&mut self.server_rss)
+            .zip(per)
+        {
+            *cpu += p.cpu_s;
+            *rss = (*rss).max(p.rss_bytes);
+        }
+        self.gen_cpu_s += gen_cpu_s;
+        self.machine.busy_s += machine.busy_s;
+        self.machine.steal_s += machine.steal_s;
+        self.worst_steal_second_s = self.worst_steal_second_s.max(machine.steal_s);
+        self.softirq_cpu_s += softirq_s;
+    }
+
+    /// CPU seconds summed over the samples as % of one core (samples are a
+    /// second apart).
+    fn percent(&self, cpu_s: f64) -> f64 {
+        100.0 * cpu_s / f64::from(self.samples.max(1))
+    }
+}
+
+/// The one-line progress report of a second; `done` (a fraction of the
+/// run) draws a bar on a terminal instead of a line per second.
+fn progress(row: &TimelineRow, kind: TargetKind, clients: usize, done: Option<f64>) {
+    let line = format!(
+        "[{:>4.0}s] {:<6} {} connected {:>6}/{:<6} utt/s {:>8.0}  deliv/s {:>9.0}  p99 {:>8.2} ms  max {:>8.2} ms  server CPU {:>5.1}%  gen CPU {:>5.1}%",
+        row.t_s, row.phase, kind.name(), row.connected, clients, row.utterances_per_s, row.deliveries_per_s,
+        row.p99_us as f64 / 1e3, row.max_us as f64 / 1e3, row.server_cpu_percent, row.loadgen_cpu_percent
+    );
+    match done {
+        Some(done) => {
+            let filled = (done.min(1.0) * 20.0) as usize;
+            eprint!(
+                "\r[{}{}] {line}\x1b[K",
+                "#".repeat(filled),
+                ".".repeat(20 - filled)
+            );
+        }
+        None => eprintln!("{line}"),
+    }
 }
 
 /// What a reader must not miss.
