@@ -23,7 +23,7 @@ use crate::mailbox::Mail;
 use crate::out_queue::SocketSink;
 use crate::stats::LoopStats;
 use crate::timer::TimerKind;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Receiver;
 use elko_protocol::{
     negotiate_version, ErrorCode, ErrorFrame, Frame, Hello, MessageType, Ping, Pong, Welcome,
@@ -52,6 +52,9 @@ pub(crate) struct EventLoop<H: Handler> {
     /// This loop's listeners, indexed like the engine's listen addresses.
     pub(crate) listeners: Vec<Option<TcpListener>>,
     scratch: Vec<u8>,
+    /// Received bytes of whole frames, shared by this loop's decoders (see
+    /// `FrameDecoder::extend_shared`): no allocation per read.
+    rx_block: BytesMut,
     reserve_fd: Option<File>,
     shutdown_deadline: Option<Instant>,
     accept_rr: usize,
@@ -78,6 +81,7 @@ impl<H: Handler> EventLoop<H> {
             mail_rx,
             listeners,
             scratch: vec![0; 64 * 1024],
+            rx_block: BytesMut::with_capacity(64 * 1024),
             reserve_fd: File::open("/dev/null").ok(),
             shutdown_deadline: None,
             accept_rr: 0,
@@ -237,7 +241,8 @@ impl<H: Handler> EventLoop<H> {
                     drained = short_read_drains && n < want;
                     bytes_left -= n;
                     conn.last_rx = self.cx.now;
-                    conn.decoder.extend(&self.scratch[..n]);
+                    conn.decoder
+                        .extend_shared(&self.scratch[..n], &mut self.rx_block);
                     LoopStats::add(&self.cx.stats.bytes_in, n as u64);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

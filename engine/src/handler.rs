@@ -33,7 +33,9 @@ pub trait Handler: 'static {
     /// An outbound connection received Welcome: it is ready for application frames.
     fn on_welcome(&mut self, _cx: &mut Ctx<Self::Mail>, _conn: ConnId, _welcome: &Welcome) {}
 
-    /// An application frame arrived on an established connection.
+    /// An application frame arrived on an established connection. Its body
+    /// shares the loop's receive block with other frames: copy what you keep
+    /// past this call (keeping the `Bytes` keeps the block).
     fn on_frame(&mut self, cx: &mut Ctx<Self::Mail>, conn: ConnId, frame: Frame);
 
     /// The connection was closed and reaped; `conn` is no longer valid.

@@ -26,7 +26,9 @@ pub enum FrameError {
 }
 
 /// One complete frame: its type byte and its body. The body is a shared slice
-/// of the read buffer (no copy).
+/// of the read buffer (no copy); with [`FrameDecoder::extend_shared`] that
+/// buffer is a block many frames share, so a body kept long keeps the whole
+/// block: copy what you keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// The raw type byte (it may not name a known [`MessageType`]).
@@ -82,6 +84,9 @@ impl Frame {
 pub struct FrameDecoder {
     buf: BytesMut,
     max_frame: u32,
+    /// `buf` is a view into a block shared with other decoders
+    /// ([`FrameDecoder::extend_shared`]).
+    shared: bool,
 }
 
 impl FrameDecoder {
@@ -90,6 +95,7 @@ impl FrameDecoder {
         FrameDecoder {
             buf: BytesMut::new(),
             max_frame,
+            shared: false,
         }
     }
 
@@ -106,7 +112,40 @@ impl FrameDecoder {
 
     /// Append received bytes.
     pub fn extend(&mut self, data: &[u8]) {
+        self.unshare();
         self.buf.extend_from_slice(data);
+    }
+
+    /// Append received bytes, taking the memory from `block` (one buffer
+    /// shared by the decoders of an event loop) when nothing is buffered —
+    /// the common case of a read holding whole frames. The frames then share
+    /// the block, where [`extend`](Self::extend) would allocate a buffer per
+    /// read and its shared header at the first frame: no allocation per read
+    /// while the block's earlier frames have all been dropped (`reserve`
+    /// reuses it in place). A partial frame left at the end is copied into a
+    /// buffer of its own (see [`next_frame`](Self::next_frame)), so an idle
+    /// connection never holds on to the block.
+    pub fn extend_shared(&mut self, data: &[u8], block: &mut BytesMut) {
+        if !self.buf.is_empty() {
+            return self.extend(data);
+        }
+        block.reserve(data.len());
+        block.extend_from_slice(data);
+        self.buf = block.split();
+        self.shared = true;
+    }
+
+    /// Give up a view into a shared block: keep what is buffered in memory
+    /// of this decoder's own.
+    fn unshare(&mut self) {
+        if self.shared {
+            self.shared = false;
+            self.buf = if self.buf.is_empty() {
+                BytesMut::new()
+            } else {
+                BytesMut::from(&self.buf[..])
+            };
+        }
     }
 
     /// Bytes received but not yet returned as frames.
@@ -117,6 +156,7 @@ impl FrameDecoder {
     /// Take the buffered, not yet decoded bytes (to move a connection to
     /// another decoder without losing a byte).
     pub fn take_buffered(&mut self) -> BytesMut {
+        self.unshare();
         std::mem::take(&mut self.buf)
     }
 
@@ -125,6 +165,7 @@ impl FrameDecoder {
     pub fn shrink_if_idle(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
             self.buf = BytesMut::new();
+            self.shared = false;
         }
     }
 
@@ -132,6 +173,7 @@ impl FrameDecoder {
     /// error that makes the stream unusable.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         if self.buf.len() < FRAME_HEADER_LEN {
+            self.unshare();
             return Ok(None);
         }
         let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
@@ -147,6 +189,7 @@ impl FrameDecoder {
         let total = FRAME_HEADER_LEN + len as usize;
         if self.buf.len() < total {
             // Reserve once for the rest of this frame (bounded by max_frame).
+            self.unshare();
             self.buf.reserve(total - self.buf.len());
             return Ok(None);
         }
@@ -206,5 +249,57 @@ mod tests {
         assert!(d.next_frame().is_err());
         d.set_max_frame(8);
         assert!(d.next_frame().expect("now allowed").is_some());
+    }
+
+    #[test]
+    fn shared_block_frames_need_no_allocation_and_partials_are_copied_out() {
+        let mut block = BytesMut::with_capacity(1024);
+        let base = block.as_ptr();
+        let mut a = FrameDecoder::new(2048);
+        let mut b = FrameDecoder::new(64);
+        // a: two whole frames; b: one whole frame and the start of another.
+        a.extend_shared(&[2, 0, 0, 0, 0x04, 1, 2, 0, 0, 0, 0x04, 2], &mut block);
+        b.extend_shared(&[2, 0, 0, 0, 0x04, 3, 5, 0, 0], &mut block);
+        let f1 = a.next_frame().expect("valid").expect("whole");
+        let f2 = a.next_frame().expect("valid").expect("whole");
+        let f3 = b.next_frame().expect("valid").expect("whole");
+        assert_eq!([&f1.body[..], &f2.body[..], &f3.body[..]], [[1], [2], [3]]);
+        // The bodies are views into the block itself.
+        let in_block = |p: *const u8| p >= base && p < base.wrapping_add(1024);
+        assert!(in_block(f1.body.as_ptr()) && in_block(f3.body.as_ptr()));
+        assert_eq!(a.next_frame(), Ok(None));
+        assert_eq!(b.next_frame(), Ok(None));
+        // b's partial header now lives in memory of its own.
+        assert!(!b.shared && !in_block(b.buf.as_ptr()));
+        b.extend_shared(&[0, 0x04, 9, 9, 9, 9], &mut block);
+        assert_eq!(
+            &b.next_frame().expect("valid").expect("whole").body[..],
+            &[9, 9, 9, 9]
+        );
+        // Once every frame is dropped, a read larger than the block's unused
+        // tail reuses the block from its start instead of allocating.
+        drop((f1, f2, f3));
+        let mut big = vec![0u8; 1010];
+        big[..4].copy_from_slice(&1006u32.to_le_bytes());
+        big[4] = 0x26;
+        a.extend_shared(&big, &mut block);
+        let f4 = a.next_frame().expect("valid").expect("whole");
+        assert_eq!((f4.ty, f4.body.len()), (0x26, 1005));
+        assert_eq!(
+            f4.body.as_ptr(),
+            base.wrapping_add(5),
+            "the block's space came back"
+        );
+        drop(f4);
+        // A frame split over two reads, arriving into a shared view, decodes.
+        let mut c = FrameDecoder::new(64);
+        c.extend_shared(&[3, 0, 0, 0, 0x04, 7], &mut block);
+        assert_eq!(c.next_frame(), Ok(None));
+        c.extend_shared(&[8], &mut block);
+        assert_eq!(
+            &c.next_frame().expect("valid").expect("whole").body[..],
+            &[7, 8]
+        );
+        assert_eq!(c.take_buffered().len(), 0);
     }
 }

@@ -26,11 +26,13 @@ struct TrackingAlloc;
 
 thread_local! {
     static LARGEST: Cell<usize> = const { Cell::new(0) };
+    static COUNT: Cell<usize> = const { Cell::new(0) };
 }
 
 fn note(size: usize) {
     // `try_with`: allocations during thread teardown are not tracked.
     let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    let _ = COUNT.try_with(|c| c.set(c.get() + 1));
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments
@@ -69,6 +71,14 @@ fn largest_allocation_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
     LARGEST.with(|l| l.set(0));
     let out = f();
     (out, LARGEST.with(Cell::get))
+}
+
+/// Run `f` and return its result with the number of allocations it made on
+/// this thread.
+fn allocations_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = COUNT.with(Cell::get);
+    let out = f();
+    (out, COUNT.with(Cell::get) - before)
 }
 
 // ---- strategies ---------------------------------------------------------------
@@ -608,6 +618,110 @@ proptest! {
             rest = b;
         }
         prop_assert_eq!(decode_chunks(chunks), ms);
+    }
+}
+
+/// The receive path of an event loop: reads of whole frames for many
+/// connections, through one shared block, allocate nothing once the block
+/// exists (before, each read allocated a buffer and its shared header).
+#[test]
+fn whole_frames_through_a_shared_block_allocate_nothing() {
+    let said = encode_all(&[Said {
+        context_seq: 7,
+        from: "alice".into(),
+        client_seq: 3,
+        sent_at_us: 4,
+        text: "x".repeat(64),
+    }
+    .into()]);
+    let mut block = BytesMut::with_capacity(64 * 1024);
+    let mut decoders: Vec<FrameDecoder> = (0..40)
+        .map(|_| FrameDecoder::new(DEFAULT_MAX_FRAME))
+        .collect();
+    // Reads of one, two or three frames, as a socket gives them.
+    let reads: Vec<Vec<u8>> = (1..=3).map(|k| said.repeat(k)).collect();
+    let mut read_all = |rounds: usize| {
+        let mut frames = 0;
+        for r in 0..rounds {
+            for (i, d) in decoders.iter_mut().enumerate() {
+                d.extend_shared(&reads[(r + i) % 3], &mut block);
+                while let Some(f) = d.next_frame().expect("valid") {
+                    frames += usize::from(f.ty == MessageType::Said as u8);
+                }
+                d.shrink_if_idle();
+            }
+        }
+        frames
+    };
+    read_all(1); // the block becomes shared: its one header allocation
+    let (frames, allocations) = allocations_during(|| read_all(10_000));
+    let expected: usize = (0..10_000usize)
+        .flat_map(|r| (0..40).map(move |i| (r + i) % 3 + 1))
+        .sum();
+    assert_eq!(frames, expected);
+    assert_eq!(allocations, 0);
+}
+
+/// Cut `bytes` into chunks of the given sizes, cycling through them.
+fn chunked<'a>(bytes: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+    let mut chunks = Vec::new();
+    let mut rest = bytes;
+    for s in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (a, b) = rest.split_at((*s).min(rest.len()));
+        chunks.push(a);
+        rest = b;
+    }
+    chunks
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Two connections' streams read in turn into one small shared block (as
+    /// an event loop does), some frames kept until the end so the block is
+    /// sometimes pinned and sometimes reused: every frame comes out intact.
+    #[test]
+    fn two_streams_through_one_shared_block(
+        ms_a in prop::collection::vec(arb_message(), 1..10),
+        ms_b in prop::collection::vec(arb_message(), 1..10),
+        sizes in prop::collection::vec(1usize..300, 1..16),
+        keep_every in 1usize..5,
+        block_size in 16usize..512,
+    ) {
+        let (bytes_a, bytes_b) = (encode_all(&ms_a), encode_all(&ms_b));
+        let reversed: Vec<usize> = sizes.iter().rev().copied().collect();
+        let (chunks_a, chunks_b) = (chunked(&bytes_a, &sizes), chunked(&bytes_b, &reversed));
+        let mut block = bytes::BytesMut::with_capacity(block_size);
+        let mut decoders = [FrameDecoder::new(DEFAULT_MAX_FRAME), FrameDecoder::new(DEFAULT_MAX_FRAME)];
+        let mut out: [Vec<Message>; 2] = [Vec::new(), Vec::new()];
+        let mut kept: [Vec<(usize, elko_protocol::Frame)>; 2] = [Vec::new(), Vec::new()];
+        let mut n = 0usize;
+        for i in 0..chunks_a.len().max(chunks_b.len()) {
+            for (side, chunks) in [&chunks_a, &chunks_b].into_iter().enumerate() {
+                let Some(chunk) = chunks.get(i) else { continue };
+                decoders[side].extend_shared(chunk, &mut block);
+                while let Some(frame) = decoders[side].next_frame().expect("valid stream") {
+                    n += 1;
+                    if n % keep_every == 0 {
+                        kept[side].push((out[side].len(), frame));
+                        out[side].push(Exit {}.into()); // decoded at the end
+                    } else {
+                        out[side].push(frame.decode().expect("valid body"));
+                    }
+                }
+            }
+        }
+        for side in 0..2 {
+            prop_assert_eq!(decoders[side].buffered(), 0);
+            for (at, frame) in kept[side].drain(..) {
+                out[side][at] = frame.decode().expect("valid body");
+            }
+        }
+        prop_assert_eq!(&out[0], &ms_a);
+        prop_assert_eq!(&out[1], &ms_b);
     }
 }
 
