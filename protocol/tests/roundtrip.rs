@@ -588,17 +588,7 @@ proptest! {
     #[test]
     fn random_chunk_sizes(sizes in prop::collection::vec(1usize..64, 1..64)) {
         let (ms, bytes) = split_stream();
-        let mut chunks = Vec::new();
-        let mut rest = &bytes[..];
-        for s in sizes.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (a, b) = rest.split_at((*s).min(rest.len()));
-            chunks.push(a);
-            rest = b;
-        }
-        prop_assert_eq!(decode_chunks(chunks), ms);
+        prop_assert_eq!(decode_chunks(chunked(&bytes, &sizes)), ms);
     }
 
     #[test]
@@ -607,17 +597,7 @@ proptest! {
         sizes in prop::collection::vec(1usize..40, 1..16),
     ) {
         let bytes = encode_all(&ms);
-        let mut chunks = Vec::new();
-        let mut rest = &bytes[..];
-        for s in sizes.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (a, b) = rest.split_at((*s).min(rest.len()));
-            chunks.push(a);
-            rest = b;
-        }
-        prop_assert_eq!(decode_chunks(chunks), ms);
+        prop_assert_eq!(decode_chunks(chunked(&bytes, &sizes)), ms);
     }
 }
 
