@@ -124,6 +124,8 @@ pub struct Driver {
     roles: IdMap<Role>,
     utterance: Utterance,
     addr_cache: HashMap<String, SocketAddr>,
+    /// The rate generation this loop's schedules follow ([`Shared::rate`]).
+    rate_gen: u64,
 }
 
 impl Driver {
@@ -164,6 +166,7 @@ impl Driver {
             clients,
             roles: IdMap::default(),
             addr_cache: HashMap::new(),
+            rate_gen: 0,
         }
     }
 
@@ -241,7 +244,7 @@ impl Driver {
 
     fn entered(&mut self, cx: &mut Ctx<Control>, local: usize) {
         let now = self.shared.now_us();
-        let mean = self.shared.mean_interval_us.load(Relaxed);
+        let (mean, _) = self.shared.rate();
         let c = &mut self.clients[local];
         c.phase = Phase::Entered;
         c.retries = 0;
@@ -263,16 +266,22 @@ impl Driver {
     }
 
     fn speak(&mut self, cx: &mut Ctx<Control>, local: usize) {
-        let mean = self.shared.mean_interval_us.load(Relaxed);
+        let (mean, gen) = self.shared.rate();
+        if gen != self.rate_gen {
+            self.rate_gen = gen;
+            self.reschedule(cx, mean);
+        }
+        let now = self.shared.now_us();
         let c = &mut self.clients[local];
         let (Phase::Entered, Some(conn)) = (c.phase, c.conn) else {
             return;
         };
         let intended = c.next_intended_us;
-        if !self.shared.may_send(intended) {
+        // Timers never fire early: one due later than now was replaced by
+        // a rescheduling and is stale.
+        if intended > now || !self.shared.may_send(intended) {
             return;
         }
-        let now = self.shared.now_us();
         c.seq += 1;
         self.utterance.stamp(Stamp {
             late_us: now.saturating_sub(intended),
@@ -294,6 +303,20 @@ impl Driver {
             self.shared.error("send_failed");
         }
         Self::timer(cx, next, local, T_SPEAK, &self.shared);
+    }
+
+    /// The rate changed: every entered client's next utterance is drawn
+    /// again, from now, with the new mean (see `Shared::set_mean_interval_us`).
+    fn reschedule(&mut self, cx: &mut Ctx<Control>, mean: u64) {
+        let now = self.shared.now_us();
+        for local in 0..self.clients.len() {
+            let c = &mut self.clients[local];
+            if c.phase == Phase::Entered {
+                c.next_intended_us = now.saturating_add(c.schedule.gap_us(mean));
+                let next = c.next_intended_us;
+                Self::timer(cx, next, local, T_SPEAK, &self.shared);
+            }
+        }
     }
 
     fn said(&mut self, local: usize, frame: &Frame) {

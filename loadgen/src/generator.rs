@@ -215,7 +215,7 @@ impl Generator for LocalGen {
     }
 
     fn set_mean_interval_us(&mut self, us: u64) {
-        self.shared.mean_interval_us.store(us.max(1), Relaxed);
+        self.shared.set_mean_interval_us(us);
     }
 
     fn stop_sending(&mut self) {

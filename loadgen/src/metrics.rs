@@ -156,14 +156,20 @@ pub struct Window {
     pub end_us: u64,
 }
 
+/// Bits of [`Shared::rate`] holding the mean interval (µs): up to 8 years.
+pub const RATE_MEAN_BITS: u32 = 48;
+const RATE_MEAN_MASK: u64 = (1 << RATE_MEAN_BITS) - 1;
+
 /// Everything one generator process's loops and its reporter share.
 #[derive(Debug)]
 pub struct Shared {
     /// Time zero of every `*_us` value in this run (intended and actual send times).
     pub epoch: Instant,
     pub window: Window,
-    /// Mean time between one client's utterances, µs (the `max` preset lowers it step by step).
-    pub mean_interval_us: AtomicU64,
+    /// Mean time between one client's utterances, µs (the `max` preset
+    /// lowers it step by step), in the low [`RATE_MEAN_BITS`] bits; above
+    /// them, a generation bumped by every change. See [`Shared::rate`].
+    rate: AtomicU64,
     /// Set when the run ends early or drains: no more utterances.
     pub stop_sending: AtomicBool,
     /// Members currently entered, per room (the expected fanout of an utterance).
@@ -186,13 +192,32 @@ impl Shared {
         Shared {
             epoch,
             window,
-            mean_interval_us: AtomicU64::new(mean_interval_us),
+            rate: AtomicU64::new(mean_interval_us.clamp(1, RATE_MEAN_MASK)),
             stop_sending: AtomicBool::new(false),
             room_members: (0..rooms).map(|_| AtomicU32::new(0)).collect(),
             loops: (0..loops).map(|_| LoopCounters::default()).collect(),
             hists: (0..loops).map(|_| Mutex::new(LoopHists::new())).collect(),
             errors: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The mean time between one client's utterances (µs) and its
+    /// generation: a loop that sees a new generation reschedules its clients'
+    /// next utterances ([`Shared::set_mean_interval_us`]).
+    #[inline]
+    pub fn rate(&self) -> (u64, u64) {
+        let r = self.rate.load(Relaxed);
+        (r & RATE_MEAN_MASK, r >> RATE_MEAN_BITS)
+    }
+
+    /// Change the mean time between one client's utterances. Arrivals are
+    /// Poisson, so each loop may resample every pending next utterance from
+    /// now with the new mean (the exponential wait is memoryless): the new
+    /// rate holds from the change on, not only after every client's next
+    /// utterance under the old one.
+    pub fn set_mean_interval_us(&self, us: u64) {
+        let gen = (self.rate().1 + 1) << RATE_MEAN_BITS;
+        self.rate.store(gen | us.clamp(1, RATE_MEAN_MASK), Relaxed);
     }
 
     /// Microseconds since the epoch.

@@ -249,26 +249,70 @@ fn assert_interval_log(log: &[u8], steady_deliveries: u64) {
     );
 }
 
+/// `--preset max` raises the rate step by step; every step must run at its
+/// own rate from its first second (the clients' pending utterances are
+/// drawn again at each change), not drift towards it while utterances
+/// scheduled at the old rate drain.
+#[test]
+fn every_max_step_runs_at_its_target_rate() {
+    let v = run_json(
+        &[
+            "chat",
+            "--preset",
+            "max",
+            "--clients",
+            "2000",
+            "--rooms",
+            "100",
+            "--step",
+            "3",
+            "--duration",
+            "12",
+            "--ramp",
+            "2",
+        ],
+        "max",
+    );
+    let steps = v["max_steps"].as_array().expect("max_steps");
+    assert!(steps.len() >= 3, "{steps:?}");
+    for (i, st) in steps.iter().enumerate() {
+        let target = st["utterances_per_s_target"].as_f64().expect("target") * 20.0;
+        let got = st["deliveries_per_s"].as_f64().expect("deliveries");
+        // Each step holds ~750+ utterances: Poisson noise is under 4 %.
+        assert!(
+            (got / target - 1.0).abs() < 0.15,
+            "step {i}: {got:.0} deliveries/s for a target of {target:.0}"
+        );
+    }
+}
+
 /// Run a short chat scenario with extra arguments; returns the JSON report.
 fn small_run(extra: &[&str], tag: &str) -> serde_json::Value {
+    let mut args = vec![
+        "chat",
+        "--clients",
+        "120",
+        "--rooms",
+        "6",
+        "--interval",
+        "0.5",
+        "--duration",
+        "3",
+        "--ramp",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    run_json(&args, tag)
+}
+
+/// Run elko-loadgen with these arguments against servers of this build;
+/// returns the JSON report (the run must succeed).
+fn run_json(args: &[&str], tag: &str) -> serde_json::Value {
     let dir = bin_dir();
     ensure_servers(&dir);
     let json = std::env::temp_dir().join(format!("elko-loadgen-{tag}-{}.json", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
-        .args([
-            "chat",
-            "--clients",
-            "120",
-            "--rooms",
-            "6",
-            "--interval",
-            "0.5",
-            "--duration",
-            "3",
-            "--ramp",
-            "1",
-        ])
-        .args(extra)
+        .args(args)
         .arg("--bin-dir")
         .arg(&dir)
         .arg("--json")

@@ -162,6 +162,8 @@ struct PeerLoop<W: Wire> {
     exit: Arc<AtomicBool>,
     utterance: Utterance,
     chunk: Vec<u8>,
+    /// The rate generation this loop's schedules follow ([`Shared::rate`]).
+    rate_gen: u64,
     _wire: PhantomData<W>,
 }
 
@@ -204,6 +206,7 @@ impl<W: Wire> PeerLoop<W> {
             cfg,
             shared,
             exit,
+            rate_gen: 0,
             _wire: PhantomData,
         })
     }
@@ -252,6 +255,22 @@ impl<W: Wire> PeerLoop<W> {
             }
             self.fire_timers();
             self.flush();
+        }
+    }
+
+    /// The rate changed: every ready client's next utterance is drawn
+    /// again, from now, with the new mean (see `Shared::set_mean_interval_us`).
+    fn reschedule(&mut self, mean: u64) {
+        let now = self.shared.now_us();
+        for (local, c) in self.clients.iter_mut().enumerate() {
+            if c.phase == Phase::Ready {
+                c.next_intended_us = now.saturating_add(c.schedule.gap_us(mean));
+                self.timers.push(Reverse((
+                    c.next_intended_us,
+                    local as u32,
+                    TimerKind::Speak,
+                )));
+            }
         }
     }
 
@@ -341,7 +360,7 @@ impl<W: Wire> PeerLoop<W> {
 
     fn ready(&mut self, local: usize) {
         let now = self.shared.now_us();
-        let mean = self.shared.mean_interval_us.load(Relaxed);
+        let (mean, _) = self.shared.rate();
         let c = &mut self.clients[local];
         c.phase = Phase::Ready;
         c.retries = 0;
@@ -358,19 +377,24 @@ impl<W: Wire> PeerLoop<W> {
     }
 
     fn speak(&mut self, local: usize) {
-        let mean = self.shared.mean_interval_us.load(Relaxed);
+        let (mean, gen) = self.shared.rate();
+        if gen != self.rate_gen {
+            self.rate_gen = gen;
+            self.reschedule(mean);
+        }
+        let now = self.shared.now_us();
         let c = &mut self.clients[local];
         if c.phase != Phase::Ready {
             return;
         }
         let intended = c.next_intended_us;
-        if !self.shared.may_send(intended) {
+        // An entry due later than now was replaced by a rescheduling.
+        if intended > now || !self.shared.may_send(intended) {
             return;
         }
         let Some(conn) = c.conn.as_mut() else {
             return;
         };
-        let now = self.shared.now_us();
         c.seq += 1;
         let text = self.utterance.stamp(Stamp {
             late_us: now.saturating_sub(intended),
