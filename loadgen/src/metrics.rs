@@ -216,8 +216,10 @@ impl Shared {
     /// rate holds from the change on, not only after every client's next
     /// utterance under the old one.
     pub fn set_mean_interval_us(&self, us: u64) {
-        let gen = (self.rate().1 + 1) << RATE_MEAN_BITS;
-        self.rate.store(gen | us.clamp(1, RATE_MEAN_MASK), Relaxed);
+        let mean = us.clamp(1, RATE_MEAN_MASK);
+        let _ = self.rate.fetch_update(Relaxed, Relaxed, |r| {
+            Some(((r >> RATE_MEAN_BITS) + 1) << RATE_MEAN_BITS | mean)
+        });
     }
 
     /// Microseconds since the epoch.
@@ -367,6 +369,16 @@ impl SeqCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_change_is_seen_with_a_new_generation() {
+        let s = shared(1);
+        assert_eq!(s.rate(), (1, 0));
+        s.set_mean_interval_us(5_600_000);
+        assert_eq!(s.rate(), (5_600_000, 1));
+        s.set_mean_interval_us(0);
+        assert_eq!(s.rate(), (1, 2), "a mean of at least 1 µs");
+    }
 
     fn shared(loops: usize) -> Shared {
         let w = Window {
