@@ -14,7 +14,7 @@ pub enum Preset {
     /// As many clients as this machine holds (several generator and context
     /// server processes), at the 2002 rate.
     Scale,
-    /// Raise the rate step by step until p99 passes 100 ms; report the best sustained rate.
+    /// Raise the rate step by step until p99 passes 100 ms, then bisect to 5 %; report the best sustained rate.
     Max,
 }
 
@@ -111,7 +111,8 @@ impl Scenario {
                 ..base
             },
             Preset::Max => Scenario {
-                // 40k deliveries/s at first, then 1/0.7 times more each step.
+                // 40k deliveries/s at first, then 1/0.7 times more each step
+                // until the knee, then bisection (loadgen/src/stepper.rs).
                 interval: Duration::from_secs(8),
                 duration: Duration::from_secs(120),
                 ..base

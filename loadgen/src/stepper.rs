@@ -1,8 +1,10 @@
 //! The `max` preset's search for the highest sustained rate: in the steady
-//! state, every `step` seconds judge the step just ended by its p99; while
-//! that is within [`KNEE_P99_US`], make every client speak [`SPEED_UP`]
-//! times as often; at the first step past it, stop raising the rate (the run
-//! goes on to the end of its steady state, so the report shows the knee).
+//! state, every `step` seconds judge the step just ended by its p99. While
+//! every step is within [`KNEE_P99_US`], make every client speak 1/[`SPEED_UP`]
+//! times as often. Once a step has passed it, bisect (geometrically) between
+//! the fastest step within the knee and the slowest past it, until the two
+//! rates are within [`RESOLUTION`] of each other; then hold the fastest rate
+//! found within the knee to the end of the steady state.
 
 use crate::metrics::{new_histogram, Counters};
 use crate::report::MaxStep;
@@ -14,6 +16,9 @@ pub const KNEE_P99_US: u64 = 100_000;
 /// Each step's mean time between one client's utterances is the previous
 /// step's times this (the rate rises by 1/0.7, about 43 %).
 pub const SPEED_UP: f64 = 0.7;
+/// The search ends when the slowest rate past the knee is at most this
+/// times the fastest within it.
+pub const RESOLUTION: f64 = 1.05;
 
 /// The rate search's state, fed one sample a second.
 #[derive(Debug)]
@@ -26,6 +31,10 @@ pub struct Stepper {
     at_start: Counters,
     hist: Histogram<u64>,
     stopped: bool,
+    /// Mean interval of the fastest step within the knee so far, and of the
+    /// slowest past it.
+    good: Option<u64>,
+    bad: Option<u64>,
     steps: Vec<MaxStep>,
 }
 
@@ -40,13 +49,15 @@ impl Stepper {
             at_start: Counters::default(),
             hist: new_histogram(),
             stopped: false,
+            good: None,
+            bad: None,
             steps: Vec::new(),
         }
     }
 
     /// The second ending at `t` (from the run's start): counters so far and
     /// that second's latencies. Returns the new mean interval (µs) when the
-    /// clients must speak faster.
+    /// clients must change their rate.
     pub fn second(
         &mut self,
         t: Duration,
@@ -77,15 +88,28 @@ impl Stepper {
             in_flight_at_step_end: (c.expected_window - from.expected_window)
                 .saturating_sub(c.received_window - from.received_window),
         });
-        let faster = if p99 > KNEE_P99_US {
-            self.stopped = true;
-            None
+        if p99 > KNEE_P99_US {
+            self.bad = Some(self.mean_us);
         } else {
-            self.mean_us = ((self.mean_us as f64 * SPEED_UP).round() as u64).max(1);
-            Some(self.mean_us)
+            self.good = Some(self.mean_us);
+        }
+        let next = match (self.good, self.bad) {
+            (_, None) => Some(((self.mean_us as f64 * SPEED_UP).round() as u64).max(1)),
+            (Some(g), Some(b)) if g as f64 > b as f64 * RESOLUTION => {
+                Some(((g as f64 * b as f64).sqrt().round() as u64).max(1))
+            }
+            (good, Some(_)) => {
+                // Found (or the very first step was past the knee): hold.
+                self.stopped = true;
+                good
+            }
         };
         self.restart(t, c);
-        faster
+        let change = next.filter(|&m| m != self.mean_us);
+        if let Some(m) = change {
+            self.mean_us = m;
+        }
+        change
     }
 
     fn restart(&mut self, t: Duration, c: Counters) {
@@ -121,40 +145,56 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_rises_until_a_step_passes_the_knee_then_holds() {
-        // 8000 clients, one utterance per 8 s each; 10 s steps.
-        let mut st = Stepper::new(Duration::from_secs(10), 8000, 8_000_000);
+    fn the_rate_rises_past_the_knee_then_bisects_and_holds_the_best() {
+        // 8000 clients, one utterance per 8 s each (1000 utt/s); 10 s steps.
+        // The system keeps p99 within the knee up to 3000 utterances/s.
+        let (clients, knee_rate) = (8000u64, 3000.0);
+        let mut st = Stepper::new(Duration::from_secs(10), clients as usize, 8_000_000);
         let mut c = Counters::default();
-        let mut speed_ups = Vec::new();
-        let mut run =
-            |st: &mut Stepper, from: u64, to: u64, steady: bool, p99_us: u64, rate: u64| {
-                for s in from..to {
-                    c.received_total += rate;
-                    c.expected_window += rate;
-                    c.received_window += rate;
-                    let t = Duration::from_secs(s + 1);
-                    if let Some(us) = st.second(t, steady, c, &second(p99_us, rate)) {
-                        speed_ups.push((s + 1, us));
-                    }
-                }
-            };
-        // A ramp with slow replies is not judged.
-        run(&mut st, 0, 5, false, 900_000, 1000);
-        // Two fine steps, then one past the knee, then more seconds.
-        run(&mut st, 5, 15, true, 2_000, 40_000);
-        run(&mut st, 15, 25, true, 50_000, 57_000);
-        run(&mut st, 25, 35, true, 150_000, 60_000);
-        run(&mut st, 35, 60, true, 900_000, 30_000);
-        assert_eq!(speed_ups, vec![(15, 5_600_000), (25, 3_920_000)]);
-        assert_eq!(st.best(), 57_000.0);
+        let mut mean_us = 8_000_000u64;
+        let mut changes = Vec::new();
+        for s in 0..200u64 {
+            let rate = clients as f64 * 1e6 / mean_us as f64;
+            let p99 = if rate <= knee_rate { 50_000 } else { 150_000 };
+            let delivered = (rate * 40.0) as u64;
+            c.received_total += delivered;
+            let t = Duration::from_secs(s + 1);
+            if let Some(m) = st.second(t, s >= 5, c, &second(p99, 1000)) {
+                changes.push((s + 1, m));
+                mean_us = m;
+            }
+        }
         let steps = st.into_steps();
-        assert_eq!(steps.len(), 3, "no step is judged after the knee");
-        assert_eq!(steps[0].deliveries_per_s, 40_000.0);
-        assert_eq!(steps[0].utterances_per_s_target, 1000.0);
-        assert!((steps[1].utterances_per_s_target - 8000.0 / 5.6).abs() < 1e-6);
-        assert!(steps[0].p99_us <= 2_002 && steps[1].p99_us <= 50_050);
-        assert!(steps[2].p99_us > KNEE_P99_US);
-        assert_eq!(steps[2].in_flight_at_step_end, 0);
+        let rates: Vec<f64> = steps.iter().map(|m| m.utterances_per_s_target).collect();
+        // Rising by 1/0.7: 1000, 1429, 2041, 2915, then 4165 is past the knee.
+        assert!((rates[3] - 2915.5).abs() < 1.0 && rates[4] > knee_rate, "{rates:?}");
+        // Then bisecting, never beyond the step past the knee.
+        assert!(rates[5..].iter().all(|&r| r > rates[3] && r < rates[4]), "{rates:?}");
+        let best_within = steps
+            .iter()
+            .filter(|m| m.p99_us <= KNEE_P99_US)
+            .map(|m| m.utterances_per_s_target)
+            .fold(0.0, f64::max);
+        let worst_past = steps
+            .iter()
+            .filter(|m| m.p99_us > KNEE_P99_US)
+            .map(|m| m.utterances_per_s_target)
+            .fold(f64::MAX, f64::min);
+        assert!(worst_past / best_within <= RESOLUTION, "{rates:?}");
+        assert!(best_within <= knee_rate && best_within > knee_rate / RESOLUTION);
+        // Done: no more steps judged, and the last change holds the best rate.
+        assert!(steps.len() <= 10, "{rates:?}");
+        let held = clients as f64 * 1e6 / changes.last().expect("changes").1 as f64;
+        assert!((held - best_within).abs() < 1.0, "held {held}, best {best_within}");
+    }
+
+    #[test]
+    fn a_first_step_past_the_knee_ends_the_search() {
+        let mut st = Stepper::new(Duration::from_secs(1), 10, 1_000_000);
+        let c = Counters::default();
+        assert_eq!(st.second(Duration::from_secs(1), true, c, &second(200_000, 5)), None);
+        assert_eq!(st.second(Duration::from_secs(2), true, c, &second(1, 5)), None);
+        assert_eq!(st.into_steps().len(), 1);
     }
 
     #[test]
