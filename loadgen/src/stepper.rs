@@ -167,9 +167,15 @@ mod tests {
         let steps = st.into_steps();
         let rates: Vec<f64> = steps.iter().map(|m| m.utterances_per_s_target).collect();
         // Rising by 1/0.7: 1000, 1429, 2041, 2915, then 4165 is past the knee.
-        assert!((rates[3] - 2915.5).abs() < 1.0 && rates[4] > knee_rate, "{rates:?}");
+        assert!(
+            (rates[3] - 2915.5).abs() < 1.0 && rates[4] > knee_rate,
+            "{rates:?}"
+        );
         // Then bisecting, never beyond the step past the knee.
-        assert!(rates[5..].iter().all(|&r| r > rates[3] && r < rates[4]), "{rates:?}");
+        assert!(
+            rates[5..].iter().all(|&r| r > rates[3] && r < rates[4]),
+            "{rates:?}"
+        );
         let best_within = steps
             .iter()
             .filter(|m| m.p99_us <= KNEE_P99_US)
@@ -185,15 +191,24 @@ mod tests {
         // Done: no more steps judged, and the last change holds the best rate.
         assert!(steps.len() <= 10, "{rates:?}");
         let held = clients as f64 * 1e6 / changes.last().expect("changes").1 as f64;
-        assert!((held - best_within).abs() < 1.0, "held {held}, best {best_within}");
+        assert!(
+            (held - best_within).abs() < 1.0,
+            "held {held}, best {best_within}"
+        );
     }
 
     #[test]
     fn a_first_step_past_the_knee_ends_the_search() {
         let mut st = Stepper::new(Duration::from_secs(1), 10, 1_000_000);
         let c = Counters::default();
-        assert_eq!(st.second(Duration::from_secs(1), true, c, &second(200_000, 5)), None);
-        assert_eq!(st.second(Duration::from_secs(2), true, c, &second(1, 5)), None);
+        assert_eq!(
+            st.second(Duration::from_secs(1), true, c, &second(200_000, 5)),
+            None
+        );
+        assert_eq!(
+            st.second(Duration::from_secs(2), true, c, &second(1, 5)),
+            None
+        );
         assert_eq!(st.into_steps().len(), 1);
     }
 
