@@ -266,9 +266,8 @@ impl Driver {
     }
 
     fn speak(&mut self, cx: &mut Ctx<Control>, local: usize) {
-        let (mean, gen) = self.shared.rate();
-        if gen != self.rate_gen {
-            self.rate_gen = gen;
+        let (mean, changed) = self.shared.rate_since(&mut self.rate_gen);
+        if changed {
             self.reschedule(cx, mean);
         }
         let now = self.shared.now_us();
@@ -309,12 +308,10 @@ impl Driver {
     /// again, from now, with the new mean (see `Shared::set_mean_interval_us`).
     fn reschedule(&mut self, cx: &mut Ctx<Control>, mean: u64) {
         let now = self.shared.now_us();
-        for local in 0..self.clients.len() {
-            let c = &mut self.clients[local];
+        for (local, c) in self.clients.iter_mut().enumerate() {
             if c.phase == Phase::Entered {
                 c.next_intended_us = now.saturating_add(c.schedule.gap_us(mean));
-                let next = c.next_intended_us;
-                Self::timer(cx, next, local, T_SPEAK, &self.shared);
+                Self::timer(cx, c.next_intended_us, local, T_SPEAK, &self.shared);
             }
         }
     }

@@ -210,6 +210,16 @@ impl Shared {
         (r & RATE_MEAN_MASK, r >> RATE_MEAN_BITS)
     }
 
+    /// The mean interval (µs), and whether its generation moved since
+    /// `seen` (updated): the caller's loop must then reschedule its clients.
+    #[inline]
+    pub fn rate_since(&self, seen: &mut u64) -> (u64, bool) {
+        let (mean, gen) = self.rate();
+        let changed = gen != *seen;
+        *seen = gen;
+        (mean, changed)
+    }
+
     /// Change the mean time between one client's utterances. Arrivals are
     /// Poisson, so each loop may resample every pending next utterance from
     /// now with the new mean (the exponential wait is memoryless): the new

@@ -65,13 +65,16 @@ impl Stepper {
         c: Counters,
         latencies: &Histogram<u64>,
     ) -> Option<u64> {
+        if self.stopped {
+            return None;
+        }
         let _ = self.hist.add(latencies);
         if !steady {
             self.restart(t, c);
             return None;
         }
         let elapsed = t.saturating_sub(self.started);
-        if self.stopped || elapsed < self.step {
+        if elapsed < self.step {
             return None;
         }
         let p99 = if self.hist.is_empty() {

@@ -129,8 +129,7 @@ impl FrameDecoder {
         if !self.buf.is_empty() {
             return self.extend(data);
         }
-        block.reserve(data.len());
-        block.extend_from_slice(data);
+        block.extend_from_slice(data); // reserves, reusing the block in place when unique
         self.buf = block.split();
         self.shared = true;
     }

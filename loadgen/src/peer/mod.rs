@@ -377,9 +377,8 @@ impl<W: Wire> PeerLoop<W> {
     }
 
     fn speak(&mut self, local: usize) {
-        let (mean, gen) = self.shared.rate();
-        if gen != self.rate_gen {
-            self.rate_gen = gen;
+        let (mean, changed) = self.shared.rate_since(&mut self.rate_gen);
+        if changed {
             self.reschedule(mean);
         }
         let now = self.shared.now_us();
