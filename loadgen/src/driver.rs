@@ -10,7 +10,7 @@
 //! shared table and without allocating. Order is checked on the context's
 //! sequence numbers.
 
-use crate::metrics::{SeqCheck, Shared};
+use crate::metrics::{Delivery, SeqCheck, Shared};
 use crate::payload::{self, Stamp, Utterance};
 use crate::schedule::Schedule;
 use elko_engine::{CloseReason, ConnId, Ctx, Handler, TimerId};
@@ -325,8 +325,15 @@ impl Driver {
         let late = payload::late_us(s.text.as_bytes());
         let c = &mut self.clients[local];
         let order = c.order.check(s.context_seq);
-        self.shared
-            .delivered(self.idx, order, s.sent_at_us, late, now, c.entered_us);
+        let d = Delivery {
+            room: c.room,
+            utterance: s.context_seq,
+            intended_us: s.sent_at_us,
+            late_us: late,
+            now_us: now,
+            member_since_us: c.entered_us,
+        };
+        self.shared.delivered(self.idx, order, d);
     }
 }
 

@@ -12,7 +12,7 @@
 
 use crate::driver::{Control, Driver, DriverConfig};
 use crate::metrics::{
-    histogram_from_hex, histogram_to_hex, new_histogram, Counters, Shared, Window,
+    histogram_from_hex, histogram_to_hex, new_histogram, Counters, Shared, Window, WindowHists,
 };
 use crate::peer::wire::{Nats, Resp3};
 use crate::peer::{PeerConfig, PeerLoops};
@@ -68,8 +68,7 @@ pub struct GenSpec {
 #[derive(Debug)]
 pub struct Final {
     pub counters: Counters,
-    pub corrected: Histogram<u64>,
-    pub uncorrected: Histogram<u64>,
+    pub hists: WindowHists,
     pub errors: BTreeMap<String, u64>,
 }
 
@@ -234,11 +233,9 @@ impl Generator for LocalGen {
             }
             Runner::Peer(loops) => loops.shutdown(Duration::from_secs(2)),
         }
-        let (corrected, uncorrected) = self.shared.totals();
         Final {
             counters: self.shared.counters(),
-            corrected,
-            uncorrected,
+            hists: self.shared.totals(),
             errors: self.shared.errors(),
         }
     }
@@ -259,8 +256,7 @@ enum WorkerLine {
     },
     Final {
         counters: Counters,
-        corrected: String,
-        uncorrected: String,
+        hists: Box<WindowHists>,
         errors: BTreeMap<String, u64>,
     },
     Failed {
@@ -336,8 +332,7 @@ pub fn worker_main(spec_json: &str) -> i32 {
     let f = Box::new(gen).finish();
     say(&WorkerLine::Final {
         counters: f.counters,
-        corrected: histogram_to_hex(&f.corrected),
-        uncorrected: histogram_to_hex(&f.uncorrected),
+        hists: Box::new(f.hists),
         errors: f.errors,
     });
     0
@@ -410,14 +405,12 @@ impl ChildGen {
                     }
                     Ok(WorkerLine::Final {
                         counters,
-                        corrected,
-                        uncorrected,
+                        hists,
                         errors,
                     }) => {
                         s.last = Some(Final {
                             counters,
-                            corrected: histogram_from_hex(&corrected),
-                            uncorrected: histogram_from_hex(&uncorrected),
+                            hists: *hists,
                             errors,
                         });
                     }
@@ -493,8 +486,7 @@ impl Generator for ChildGen {
             errors.insert(format!("worker_{}_no_final_report", self.share), 1);
             Final {
                 counters: s.counters,
-                corrected: new_histogram(),
-                uncorrected: new_histogram(),
+                hists: WindowHists::default(),
                 errors,
             }
         });

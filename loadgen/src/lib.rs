@@ -5,7 +5,8 @@
 //!
 //! The pieces: [`scenario`] (knobs and presets), [`schedule`] (Poisson
 //! utterance times), [`payload`] (what an utterance carries), [`driver`]
-//! (Elko clients on the engine), [`peer`] (Redis and NATS clients on raw
+//! (Elko clients on the engine), [`fanout`] (first copy and fanout
+//! spread per utterance), [`peer`] (Redis and NATS clients on raw
 //! mio loops), [`metrics`] (per-loop counters and histograms),
 //! [`generator`] (loops in this process or in worker processes), [`run`]
 //! (the controller), [`stepper`] (the `max` preset's rate search),
@@ -14,6 +15,7 @@
 
 pub mod clock;
 pub mod driver;
+pub mod fanout;
 pub mod generator;
 pub mod hlog;
 pub mod metrics;

@@ -13,6 +13,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+use crate::fanout::{Fanout, RoomFanouts};
+
+/// Utterances in flight a room's list holds before it grows (it grows
+/// only when a room has more at once: saturation, or lost copies).
+const FANOUTS_PREALLOCATED: usize = 8;
+
 /// Highest latency recorded, µs (a minute); higher values are clamped.
 pub const MAX_LATENCY_US: u64 = 60_000_000;
 
@@ -44,13 +50,70 @@ pub fn histogram_from_hex(s: &str) -> Histogram<u64> {
     out
 }
 
+/// Serde for a histogram field as hex text ([`histogram_to_hex`]).
+mod hex_histogram {
+    use hdrhistogram::Histogram;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &Histogram<u64>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::histogram_to_hex(h))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram<u64>, D::Error> {
+        Ok(super::histogram_from_hex(&String::deserialize(d)?))
+    }
+}
+
+/// The measured window's latency histograms, µs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowHists {
+    /// Every delivery, from the intended send time (corrected for
+    /// coordinated omission).
+    #[serde(with = "hex_histogram")]
+    pub corrected: Histogram<u64>,
+    /// Every delivery, from the actual send time.
+    #[serde(with = "hex_histogram")]
+    pub uncorrected: Histogram<u64>,
+    /// Per utterance whose every copy arrived: intended send time to its
+    /// first copy (see [`crate::fanout`]).
+    #[serde(with = "hex_histogram")]
+    pub first_copy: Histogram<u64>,
+    /// Per such utterance: first copy to last.
+    #[serde(with = "hex_histogram")]
+    pub fanout_spread: Histogram<u64>,
+}
+
+impl Default for WindowHists {
+    fn default() -> Self {
+        WindowHists {
+            corrected: new_histogram(),
+            uncorrected: new_histogram(),
+            first_copy: new_histogram(),
+            fanout_spread: new_histogram(),
+        }
+    }
+}
+
+impl WindowHists {
+    /// Merge `o` into these.
+    pub fn add(&mut self, o: &WindowHists) {
+        let _ = self.corrected.add(&o.corrected);
+        let _ = self.uncorrected.add(&o.uncorrected);
+        let _ = self.first_copy.add(&o.first_copy);
+        let _ = self.fanout_spread.add(&o.fanout_spread);
+    }
+}
+
+/// Record `us` into `h`, clamped into its range (so recording cannot fail).
+#[inline]
+fn record_clamped(h: &mut Histogram<u64>, us: u64) {
+    let _ = h.record(us.clamp(1, MAX_LATENCY_US));
+}
+
 /// One loop's latency histograms.
 #[derive(Debug)]
 pub struct LoopHists {
-    /// From the intended send time (corrected for coordinated omission), whole window.
-    pub corrected: Histogram<u64>,
-    /// From the actual send time, whole window.
-    pub uncorrected: Histogram<u64>,
+    pub window: WindowHists,
     /// Corrected, since the reporter last took it (for the timeline).
     pub interval: Histogram<u64>,
 }
@@ -58,21 +121,42 @@ pub struct LoopHists {
 impl LoopHists {
     fn new() -> Self {
         LoopHists {
-            corrected: new_histogram(),
-            uncorrected: new_histogram(),
+            window: WindowHists::default(),
             interval: new_histogram(),
         }
     }
 
     /// Record one delivery's latencies.
     pub fn record(&mut self, corrected_us: u64, uncorrected_us: u64) {
-        let c = corrected_us.clamp(1, MAX_LATENCY_US);
-        let u = uncorrected_us.clamp(1, MAX_LATENCY_US);
-        // Values are clamped into the histogram's range: recording cannot fail.
-        let _ = self.corrected.record(c);
-        let _ = self.uncorrected.record(u);
-        let _ = self.interval.record(c);
+        record_clamped(&mut self.window.corrected, corrected_us);
+        record_clamped(&mut self.window.uncorrected, uncorrected_us);
+        record_clamped(&mut self.interval, corrected_us);
     }
+
+    /// Record one utterance's complete fanout.
+    pub fn record_fanout(&mut self, f: Fanout) {
+        record_clamped(&mut self.window.first_copy, f.first_copy_us);
+        // A spread of 0 (a room of one) is recorded as 1 µs, like every value.
+        record_clamped(&mut self.window.fanout_spread, f.spread_us);
+    }
+}
+
+/// One received copy of an utterance, as [`Shared::delivered`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// The receiver's room.
+    pub room: usize,
+    /// The utterance, unique within the room.
+    pub utterance: u64,
+    /// When the utterance was meant to be sent, µs since the epoch.
+    pub intended_us: u64,
+    /// How late its sender sent it, µs.
+    pub late_us: u64,
+    /// When it was received.
+    pub now_us: u64,
+    /// When the receiver entered its room (an utterance sent before that was
+    /// not expected to reach it, so it does not count as a delivery either).
+    pub member_since_us: u64,
 }
 
 /// A snapshot of the counters, summed over loops (and over processes).
@@ -175,6 +259,8 @@ pub struct Shared {
     /// Members currently entered, per room (the expected fanout of an utterance).
     /// A room lives in one generator process, so this count is complete.
     pub room_members: Vec<AtomicU32>,
+    /// Per room, its utterances whose copies are still arriving.
+    fanouts: Vec<Mutex<RoomFanouts>>,
     pub loops: Vec<LoopCounters>,
     pub hists: Vec<Mutex<LoopHists>>,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -195,6 +281,9 @@ impl Shared {
             rate: AtomicU64::new(mean_interval_us.clamp(1, RATE_MEAN_MASK)),
             stop_sending: AtomicBool::new(false),
             room_members: (0..rooms).map(|_| AtomicU32::new(0)).collect(),
+            fanouts: (0..rooms)
+                .map(|_| Mutex::new(RoomFanouts::with_capacity(FANOUTS_PREALLOCATED)))
+                .collect(),
             loops: (0..loops).map(|_| LoopCounters::default()).collect(),
             hists: (0..loops).map(|_| Mutex::new(LoopHists::new())).collect(),
             errors: Mutex::new(BTreeMap::new()),
@@ -286,32 +375,19 @@ impl Shared {
         h
     }
 
-    /// Every loop's whole-window histograms, merged: (corrected, uncorrected).
-    pub fn totals(&self) -> (Histogram<u64>, Histogram<u64>) {
-        let (mut c, mut u) = (new_histogram(), new_histogram());
+    /// Every loop's whole-window histograms, merged.
+    pub fn totals(&self) -> WindowHists {
+        let mut t = WindowHists::default();
         for l in &self.hists {
-            let l = l.lock();
-            let _ = c.add(&l.corrected);
-            let _ = u.add(&l.uncorrected);
+            t.add(&l.lock().window);
         }
-        (c, u)
+        t
     }
 
-    /// Account one received utterance on loop `lp`: `order` is the verdict
-    /// of the receiver's sequence check, `intended_us`/`late_us` come from
-    /// the utterance, `now_us` is the receive time, `member_since_us` when
-    /// the receiver entered its room (an utterance sent before that was not
-    /// expected to reach it, so it does not count as a delivery either).
+    /// Account one received copy of an utterance on loop `lp`: `order` is
+    /// the verdict of the receiver's sequence check.
     #[inline]
-    pub fn delivered(
-        &self,
-        lp: usize,
-        order: SeqVerdict,
-        intended_us: u64,
-        late_us: u64,
-        now_us: u64,
-        member_since_us: u64,
-    ) {
+    pub fn delivered(&self, lp: usize, order: SeqVerdict, d: Delivery) {
         let c = &self.loops[lp];
         bump(&c.received_total, 1);
         match order {
@@ -319,13 +395,24 @@ impl Shared {
             SeqVerdict::Duplicate => return bump(&c.duplicates, 1),
             SeqVerdict::OutOfOrder => bump(&c.out_of_order, 1),
         }
-        if !self.in_window(intended_us) || intended_us.saturating_add(late_us) < member_since_us {
+        let sent_us = d.intended_us.saturating_add(d.late_us);
+        if !self.in_window(d.intended_us) || sent_us < d.member_since_us {
             return;
         }
         bump(&c.received_window, 1);
-        let corrected = now_us.saturating_sub(intended_us);
-        let uncorrected = now_us.saturating_sub(intended_us.saturating_add(late_us));
-        self.hists[lp].lock().record(corrected, uncorrected);
+        let members = self.room_members[d.room].load(Relaxed);
+        let fanout =
+            self.fanouts[d.room]
+                .lock()
+                .arrived(d.utterance, d.intended_us, d.now_us, members);
+        let mut h = self.hists[lp].lock();
+        h.record(
+            d.now_us.saturating_sub(d.intended_us),
+            d.now_us.saturating_sub(sent_us),
+        );
+        if let Some(f) = fanout {
+            h.record_fanout(f);
+        }
     }
 
     /// Account one utterance about to be sent on loop `lp` to room `room`.
@@ -421,11 +508,11 @@ mod tests {
         // The in-window utterance reaches 3 members; one hears it twice, and
         // an older one arrives late.
         for (seq, t) in [(2, 150), (2, 150), (3, 150), (1, 50), (4, 150)] {
-            s.delivered(0, order.check(seq), t, 5, t + 40, 0);
+            s.delivered(0, order.check(seq), copy(9, t, t + 40, 0));
         }
         // A member that entered after the utterance was sent was not counted
         // in its fanout, so its copy is not a delivery either.
-        s.delivered(1, SeqVerdict::InOrder, 150, 5, 190, 160);
+        s.delivered(1, SeqVerdict::InOrder, copy(9, 150, 190, 160));
         let c = s.counters();
         assert_eq!(c.sent_total, 3);
         assert_eq!((c.utterances_window, c.expected_window), (1, 3));
@@ -433,9 +520,44 @@ mod tests {
         assert_eq!(c.duplicates, 1);
         assert_eq!(c.out_of_order, 1);
         assert_eq!(c.received_window, 3, "the duplicate is not a delivery");
-        let (corr, uncorr) = s.totals();
-        assert_eq!((corr.len(), corr.max()), (3, 40));
-        assert_eq!(uncorr.max(), 35, "from the actual send, 5 µs late");
+        let t = s.totals();
+        assert_eq!((t.corrected.len(), t.corrected.max()), (3, 40));
+        assert_eq!(t.uncorrected.max(), 35, "from the actual send, 5 µs late");
+        assert_eq!(
+            (
+                t.first_copy.len(),
+                t.first_copy.max(),
+                t.fanout_spread.max()
+            ),
+            (1, 40, 1),
+            "all three copies of utterance 9 arrived at once"
+        );
+    }
+
+    /// A copy of utterance `utterance` to room 1, sent 5 µs late.
+    fn copy(utterance: u64, intended_us: u64, now_us: u64, member_since_us: u64) -> Delivery {
+        Delivery {
+            room: 1,
+            utterance,
+            intended_us,
+            late_us: 5,
+            now_us,
+            member_since_us,
+        }
+    }
+
+    #[test]
+    fn copies_on_several_loops_make_one_fanout() {
+        let s = shared(2);
+        s.room_members[1].store(3, Relaxed);
+        s.delivered(0, SeqVerdict::InOrder, copy(4, 120, 160, 0));
+        s.delivered(1, SeqVerdict::InOrder, copy(4, 120, 150, 0));
+        assert!(s.totals().first_copy.is_empty(), "one copy still to come");
+        s.delivered(1, SeqVerdict::InOrder, copy(4, 120, 190, 0));
+        let t = s.totals();
+        assert_eq!(t.first_copy.len(), 1);
+        assert_eq!(t.first_copy.max(), 30, "the earliest copy, on loop 1");
+        assert_eq!(t.fanout_spread.max(), 40);
     }
 
     #[test]
@@ -452,15 +574,24 @@ mod tests {
         let s = shared(2);
         s.hists[0].lock().record(100, 90);
         s.hists[1].lock().record(u64::MAX, 0);
-        let (c, u) = s.totals();
+        s.hists[1].lock().record_fanout(Fanout {
+            first_copy_us: 70,
+            spread_us: 0,
+        });
+        let t = s.totals();
+        let c = &t.corrected;
         assert_eq!(c.len(), 2);
         assert!(c.max() >= MAX_LATENCY_US - MAX_LATENCY_US / 1000);
-        assert_eq!(u.min(), 1);
+        assert_eq!(t.uncorrected.min(), 1);
+        assert_eq!(t.fanout_spread.min(), 1);
         assert_eq!(s.take_interval().len(), 2);
         assert_eq!(s.take_interval().len(), 0, "taking resets");
-        let back = histogram_from_hex(&histogram_to_hex(&c));
-        assert_eq!(back, c);
+        let back = histogram_from_hex(&histogram_to_hex(c));
+        assert_eq!(&back, c);
         assert!(histogram_from_hex("zz").is_empty());
+        let json = serde_json::to_string(&t).expect("json");
+        let back: WindowHists = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, t, "all four cross processes");
     }
 
     #[test]

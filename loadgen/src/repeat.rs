@@ -81,7 +81,7 @@ const RATIOS: [RatioFigure; 4] = [
 type Metric = (&'static str, usize, fn(&Report) -> f64);
 
 /// What is summarised for each target: name, decimals shown, value.
-const METRICS: [Metric; 7] = [
+const METRICS: [Metric; 9] = [
     ("server_cpu_us_per_delivery", 2, |r| {
         r.server_cpu_us_per_delivery
     }),
@@ -91,6 +91,12 @@ const METRICS: [Metric; 7] = [
     ("latency_p50_ms", 2, |r| r.latency_us.p50 as f64 / 1000.0),
     ("latency_p99_ms", 2, |r| r.latency_us.p99 as f64 / 1000.0),
     ("latency_p999_ms", 2, |r| r.latency_us.p999 as f64 / 1000.0),
+    ("first_copy_p99_ms", 2, |r| {
+        r.first_copy_latency_us.p99 as f64 / 1000.0
+    }),
+    ("fanout_spread_p99_ms", 2, |r| {
+        r.fanout_spread_us.p99 as f64 / 1000.0
+    }),
     ("loadgen_cpu_percent_of_core", 1, |r| {
         r.loadgen_cpu_percent_of_core
     }),

@@ -134,6 +134,14 @@ pub struct Report {
     pub out_of_order: u64,
     pub latency_us: Percentiles,
     pub latency_uncorrected_us: Percentiles,
+    /// Per utterance all of whose copies arrived in the window: intended
+    /// send time to its first copy (how soon the server answers at all).
+    pub first_copy_latency_us: Percentiles,
+    /// Per such utterance: first copy to last (how long the server takes to
+    /// hand one utterance to the whole room).
+    pub fanout_spread_us: Percentiles,
+    /// Utterances those two cover.
+    pub fanouts_complete: u64,
     pub server: ServerReport,
     pub loadgen_cpu_percent_of_core: f64,
     pub loadgen_processes: usize,
@@ -177,6 +185,12 @@ fn ms(us: u64) -> String {
     } else {
         format!("{:.2} ms", us as f64 / 1e3)
     }
+}
+
+/// Milliseconds without the unit, for table cells.
+fn ms_short(us: u64) -> String {
+    let t = ms(us);
+    t.trim_end_matches(" ms").to_string()
 }
 
 impl Report {
@@ -278,6 +292,27 @@ impl Report {
             ms(u.p99),
             ms(u.p999),
             ms(u.max)
+        );
+        let (f, sp) = (&self.first_copy_latency_us, &self.fanout_spread_us);
+        let _ = writeln!(
+            o,
+            "first copy of each utterance:           p50 {} p90 {} p99 {} p99.9 {} max {}",
+            ms(f.p50),
+            ms(f.p90),
+            ms(f.p99),
+            ms(f.p999),
+            ms(f.max)
+        );
+        let _ = writeln!(
+            o,
+            "fanout spread (first copy to last):     p50 {} p90 {} p99 {} p99.9 {} max {}   ({} of {} utterances)",
+            ms(sp.p50),
+            ms(sp.p90),
+            ms(sp.p99),
+            ms(sp.p999),
+            ms(sp.max),
+            self.fanouts_complete,
+            self.utterances_sent
         );
         let _ = writeln!(
             o,
@@ -804,6 +839,20 @@ pub fn comparison(reports: &[Report]) -> String {
     line(&mut o, "latency p99", &|r| ms(r.latency_us.p99));
     line(&mut o, "latency p99.9", &|r| ms(r.latency_us.p999));
     line(&mut o, "latency max", &|r| ms(r.latency_us.max));
+    line(&mut o, "first copy p50 / p99", &|r| {
+        format!(
+            "{} / {}",
+            ms_short(r.first_copy_latency_us.p50),
+            ms_short(r.first_copy_latency_us.p99)
+        )
+    });
+    line(&mut o, "fanout spread p50 / p99", &|r| {
+        format!(
+            "{} / {}",
+            ms_short(r.fanout_spread_us.p50),
+            ms_short(r.fanout_spread_us.p99)
+        )
+    });
     line(&mut o, "server CPU, % of a core", &|r| {
         format!("{:.1}", r.server.cpu_percent_of_core)
     });
@@ -866,6 +915,9 @@ pub(crate) mod tests {
             out_of_order: 0,
             latency_us: Percentiles::of(&h),
             latency_uncorrected_us: Percentiles::of(&h),
+            first_copy_latency_us: Percentiles::of(&h),
+            fanout_spread_us: Percentiles::of(&h),
+            fanouts_complete: 16_000,
             server: ServerReport {
                 cpu_percent_of_core: 5.0,
                 rss_bytes: 30 << 20,
@@ -967,11 +1019,19 @@ pub(crate) mod tests {
             "errors",
             "git_sha",
             "machine",
+            "fanouts_complete",
         ] {
             assert!(v.get(key).is_some(), "no {key}");
         }
         for p in ["p50", "p90", "p99", "p999", "max"] {
-            assert!(v["latency_us"][p].is_u64() && v["latency_uncorrected_us"][p].is_u64());
+            for k in [
+                "latency_us",
+                "latency_uncorrected_us",
+                "first_copy_latency_us",
+                "fanout_spread_us",
+            ] {
+                assert!(v[k][p].is_u64(), "no {k}.{p}");
+            }
         }
         for k in ["cpu_percent_of_core", "rss_bytes", "processes"] {
             assert!(v["server"].get(k).is_some(), "no server.{k}");

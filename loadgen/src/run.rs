@@ -5,7 +5,7 @@
 use crate::clock::mono_now_ns;
 use crate::generator::{ChildGen, GenError, GenSpec, Generator, LocalGen, TargetKind};
 use crate::hlog::IntervalLog;
-use crate::metrics::{new_histogram, Counters, Window};
+use crate::metrics::{new_histogram, Counters, Window, WindowHists};
 use crate::procs::{
     ksoftirqd_pids, machine_times, sample, socket_count, Cluster, ClusterError, Machine,
     MachineTimes, PeerServer, ProcSample, Server,
@@ -341,13 +341,12 @@ fn drive(
     }
 
     let mut counters = Counters::default();
-    let (mut corr, mut uncorr) = (new_histogram(), new_histogram());
+    let mut hists = WindowHists::default();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for g in gens {
         let f = g.finish();
         counters += f.counters;
-        let _ = corr.add(&f.corrected);
-        let _ = uncorr.add(&f.uncorrected);
+        hists.add(&f.hists);
         for (k, v) in f.errors {
             *errors.entry(k).or_default() += v;
         }
@@ -412,8 +411,11 @@ fn drive(
         lost: expected.saturating_sub(received),
         duplicates: counters.duplicates,
         out_of_order: counters.out_of_order,
-        latency_us: Percentiles::of(&corr),
-        latency_uncorrected_us: Percentiles::of(&uncorr),
+        latency_us: Percentiles::of(&hists.corrected),
+        latency_uncorrected_us: Percentiles::of(&hists.uncorrected),
+        first_copy_latency_us: Percentiles::of(&hists.first_copy),
+        fanout_spread_us: Percentiles::of(&hists.fanout_spread),
+        fanouts_complete: hists.fanout_spread.len(),
         loadgen_cpu_percent_of_core: totals.percent(totals.gen_cpu_s),
         loadgen_processes: shares,
         machine_cpu_percent_of_core: totals.percent(totals.machine.busy_s),
@@ -437,7 +439,7 @@ fn drive(
         warnings: Vec::new(),
         max_sustained_deliveries_per_s: stepper.as_ref().map(Stepper::best),
         max_steps: stepper.map(Stepper::into_steps).unwrap_or_default(),
-        distribution: distribution(&corr),
+        distribution: distribution(&hists.corrected),
         steady_from_s: window_start.as_secs_f64(),
         interval_log,
         timeline,

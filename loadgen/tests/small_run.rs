@@ -346,6 +346,14 @@ fn assert_all_delivered(v: &serde_json::Value, clients: u64) {
         (Some(0), Some(0), Some(0))
     );
     assert!(v["latency_us"]["p50"].as_u64() > Some(0));
+    // With nothing lost, every utterance's fanout completes: the split of
+    // its latency into first copy and spread covers them all, and the last
+    // copy is never sooner than the first.
+    assert_eq!(v["fanouts_complete"], v["utterances_sent"], "{v}");
+    let (first, spread) = (&v["first_copy_latency_us"], &v["fanout_spread_us"]);
+    assert!(first["p50"].as_u64() > Some(0));
+    assert!(first["p50"].as_u64() <= v["latency_us"]["p50"].as_u64());
+    assert!(spread["max"].as_u64() <= v["latency_us"]["max"].as_u64());
 }
 
 #[test]

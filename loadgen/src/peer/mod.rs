@@ -13,7 +13,7 @@
 
 pub mod wire;
 
-use crate::metrics::{SeqCheck, Shared};
+use crate::metrics::{Delivery, SeqCheck, Shared};
 use crate::payload::{self, Stamp, Utterance};
 use crate::schedule::Schedule;
 use elko_engine::TimerFd;
@@ -491,8 +491,16 @@ impl<W: Wire> PeerLoop<W> {
             c.senders.resize(place + 1, SeqCheck::default());
         }
         let order = c.senders[place].check(p.seq);
-        self.shared
-            .delivered(self.idx, order, p.intended_us, p.late_us, now, c.entered_us);
+        let d = Delivery {
+            room: c.room,
+            // Unique within the room: its sender and the sender's number.
+            utterance: u64::from(p.sender) << 40 | (p.seq & ((1 << 40) - 1)),
+            intended_us: p.intended_us,
+            late_us: p.late_us,
+            now_us: now,
+            member_since_us: c.entered_us,
+        };
+        self.shared.delivered(self.idx, order, d);
     }
 
     fn flush(&mut self) {
