@@ -89,6 +89,10 @@ struct ChatArgs {
     /// Drive an existing cluster through this director instead of starting one.
     #[arg(long)]
     director: Option<SocketAddr>,
+    /// With --director or --target-addr: measure this running process as (part of) the
+    /// server: CPU, RSS, sockets, CPU per delivery. Repeatable (director, each contextd).
+    #[arg(long = "server-pid", value_name = "PID")]
+    server_pids: Vec<u32>,
     /// Where elko-director and elko-contextd are (default: beside this executable).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -164,13 +168,13 @@ fn scenario(a: &ChatArgs) -> Scenario {
 fn target_of(a: &ChatArgs, kind: TargetKind) -> Target {
     match kind {
         TargetKind::Elko => match a.director {
-            Some(d) => Target::Director(d),
+            Some(d) => Target::Director(d, a.server_pids.clone()),
             None => Target::LocalElko {
                 bin_dir: a.bin_dir.clone().unwrap_or_else(default_bin_dir),
             },
         },
         k => match a.target_addr {
-            Some(addr) if a.compare.is_empty() => Target::Peer(k, addr),
+            Some(addr) if a.compare.is_empty() => Target::Peer(k, addr, a.server_pids.clone()),
             _ => Target::LocalPeer(k),
         },
     }
@@ -197,6 +201,12 @@ fn main() {
         Cmd::Worker { spec } => std::process::exit(worker_main(&spec)),
         Cmd::Chat(args) => *args,
     };
+    if !args.server_pids.is_empty() && args.director.is_none() && args.target_addr.is_none() {
+        eprintln!(
+            "elko-loadgen: --server-pid names a running server's process: use it with --director or --target-addr (servers the generator starts are measured anyway)"
+        );
+        std::process::exit(2);
+    }
     let s = scenario(&args);
     let exe = match std::env::current_exe() {
         Ok(e) => e,

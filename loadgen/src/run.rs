@@ -26,19 +26,20 @@ use std::time::{Duration, Instant, SystemTime};
 pub enum Target {
     /// Start a local Elko cluster from the binaries in this directory.
     LocalElko { bin_dir: PathBuf },
-    /// Drive an existing Elko cluster through its director.
-    Director(SocketAddr),
+    /// Drive an existing Elko cluster through its director; measure these
+    /// processes (pids) as its servers.
+    Director(SocketAddr, Vec<u32>),
     /// Start a local peer server (`redis-server`, `nats-server`).
     LocalPeer(TargetKind),
-    /// Drive an existing peer server.
-    Peer(TargetKind, SocketAddr),
+    /// Drive an existing peer server; measure these processes as the server.
+    Peer(TargetKind, SocketAddr, Vec<u32>),
 }
 
 impl Target {
     pub fn kind(&self) -> TargetKind {
         match self {
-            Target::LocalElko { .. } | Target::Director(_) => TargetKind::Elko,
-            Target::LocalPeer(k) | Target::Peer(k, _) => *k,
+            Target::LocalElko { .. } | Target::Director(..) => TargetKind::Elko,
+            Target::LocalPeer(k) | Target::Peer(k, ..) => *k,
         }
     }
 }
@@ -54,6 +55,8 @@ pub enum RunError {
     Exe(std::io::Error),
     #[error("interrupted before the run started")]
     Interrupted,
+    #[error("--server-pid {0}: no such process (or /proc cannot show it)")]
+    NoProcess(u32),
     #[error(
         "none of the {clients} clients got into its room by the end of the ramp, so there is nothing to measure; is {kind} listening at {addr}? errors: {errors}"
     )]
@@ -87,29 +90,39 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// How long the drain waits for the last deliveries.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// The servers a run started, stopped in order when the run ends.
+/// The servers of a run: started by it (stopped in order when it ends), or
+/// running already (measured if the user named their processes).
 enum Servers {
-    None,
+    Existing(Vec<u32>),
     Elko(Cluster),
     Peer(PeerServer),
 }
 
 impl Servers {
-    fn list(&self) -> Vec<&Server> {
+    /// Name and pid of each server process, to measure.
+    fn processes(&self) -> Vec<(String, u32)> {
+        let started = |v: Vec<&Server>| v.iter().map(|p| (p.name.clone(), p.pid())).collect();
         match self {
-            Servers::None => Vec::new(),
-            Servers::Elko(c) => c.servers().collect(),
-            Servers::Peer(p) => vec![&p.server],
+            Servers::Existing(pids) => pids.iter().map(|&p| (process_name(p), p)).collect(),
+            Servers::Elko(c) => started(c.servers().collect()),
+            Servers::Peer(p) => started(vec![&p.server]),
         }
     }
 
     fn stop(self) {
         match self {
-            Servers::None => {}
+            Servers::Existing(_) => {}
             Servers::Elko(c) => c.stop(),
             Servers::Peer(mut p) => p.server.stop(),
         }
     }
+}
+
+/// A process's command name (`/proc/<pid>/comm`), or `pid <pid>`.
+fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_else(|_| format!("pid {pid}"))
 }
 
 /// CPU time of the servers and of the generator's processes, per second.
@@ -188,17 +201,25 @@ pub fn run(s: &Scenario, target: Target, exe: &Path) -> Result<Report, RunError>
             let a = c.client_addr;
             (Servers::Elko(c), a)
         }
-        Target::Director(a) => (Servers::None, a),
+        Target::Director(a, pids) => (existing(pids)?, a),
         Target::LocalPeer(k) => {
             let p = PeerServer::start(k.name())?;
             let a = p.addr;
             (Servers::Peer(p), a)
         }
-        Target::Peer(_, a) => (Servers::None, a),
+        Target::Peer(_, a, pids) => (existing(pids)?, a),
     };
     let result = drive(s, kind, addr, &servers, exe);
     servers.stop();
     result
+}
+
+/// Servers already running, with these processes to measure (each must exist).
+fn existing(pids: Vec<u32>) -> Result<Servers, RunError> {
+    match pids.iter().find(|&&p| sample(Some(p)).is_none()) {
+        Some(&p) => Err(RunError::NoProcess(p)),
+        None => Ok(Servers::Existing(pids)),
+    }
 }
 
 fn drive(
@@ -208,11 +229,7 @@ fn drive(
     servers: &Servers,
     exe: &Path,
 ) -> Result<Report, RunError> {
-    let server_procs: Vec<(String, u32)> = servers
-        .list()
-        .iter()
-        .map(|p| (p.name.clone(), p.pid()))
-        .collect();
+    let server_procs = servers.processes();
     let baseline_rss: Vec<u64> = server_procs
         .iter()
         .map(|(_, p)| sample(Some(*p)).map_or(0, |x| x.rss_bytes))

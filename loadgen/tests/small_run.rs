@@ -415,3 +415,59 @@ fn repeated_rounds_are_all_kept_and_summarised() {
     );
     assert!(lo > 0.0 && lo <= med && med <= hi, "{p99}");
 }
+
+#[test]
+fn a_running_cluster_is_measured_through_its_server_pids() {
+    let dir = bin_dir();
+    ensure_servers(&dir);
+    let cluster = elko_loadgen::procs::Cluster::start(&dir, 1, 1).expect("cluster");
+    let director = cluster.client_addr.to_string();
+    let pids: Vec<String> = cluster.servers().map(|p| p.pid().to_string()).collect();
+    let mut args = vec![
+        "chat",
+        "--clients",
+        "120",
+        "--rooms",
+        "6",
+        "--interval",
+        "0.5",
+        "--duration",
+        "3",
+        "--ramp",
+        "1",
+        "--director",
+        &director,
+    ];
+    for p in &pids {
+        args.extend(["--server-pid", p.as_str()]);
+    }
+    let v = run_json(&args, "existing");
+    cluster.stop();
+    assert_all_delivered(&v, 120);
+    let procs = v["server"]["processes"].as_array().expect("processes");
+    let names: Vec<&str> = procs.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["elko-director", "elko-contextd"], "{v}");
+    assert!(
+        procs[1]["sockets"].as_u64() >= Some(120),
+        "the contextd holds every client: {v}"
+    );
+    assert!(v["server"]["cpu_percent_of_core"].as_f64() > Some(0.0));
+    assert!(v["server_cpu_us_per_delivery"].as_f64() > Some(0.0));
+
+    // A process that does not exist is refused before anything runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
+        .args([
+            "chat",
+            "--director",
+            &director,
+            "--server-pid",
+            "4294967295",
+        ])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--server-pid 4294967295: no such process"),
+        "{stderr}"
+    );
+}
