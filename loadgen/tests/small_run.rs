@@ -287,20 +287,23 @@ fn every_max_step_runs_at_its_target_rate() {
 }
 
 /// Run a short chat scenario with extra arguments; returns the JSON report.
+/// The small scenario: 120 clients in 6 rooms, one utterance each per 0.5 s, 3 s measured.
+const SMALL: [&str; 11] = [
+    "chat",
+    "--clients",
+    "120",
+    "--rooms",
+    "6",
+    "--interval",
+    "0.5",
+    "--duration",
+    "3",
+    "--ramp",
+    "1",
+];
+
 fn small_run(extra: &[&str], tag: &str) -> serde_json::Value {
-    let mut args = vec![
-        "chat",
-        "--clients",
-        "120",
-        "--rooms",
-        "6",
-        "--interval",
-        "0.5",
-        "--duration",
-        "3",
-        "--ramp",
-        "1",
-    ];
+    let mut args = SMALL.to_vec();
     args.extend_from_slice(extra);
     run_json(&args, tag)
 }
@@ -423,21 +426,8 @@ fn a_running_cluster_is_measured_through_its_server_pids() {
     let cluster = elko_loadgen::procs::Cluster::start(&dir, 1, 1).expect("cluster");
     let director = cluster.client_addr.to_string();
     let pids: Vec<String> = cluster.servers().map(|p| p.pid().to_string()).collect();
-    let mut args = vec![
-        "chat",
-        "--clients",
-        "120",
-        "--rooms",
-        "6",
-        "--interval",
-        "0.5",
-        "--duration",
-        "3",
-        "--ramp",
-        "1",
-        "--director",
-        &director,
-    ];
+    let mut args = SMALL.to_vec();
+    args.extend(["--director", &director]);
     for p in &pids {
         args.extend(["--server-pid", p.as_str()]);
     }
