@@ -201,9 +201,15 @@ fn main() {
         Cmd::Worker { spec } => std::process::exit(worker_main(&spec)),
         Cmd::Chat(args) => *args,
     };
-    if !args.server_pids.is_empty() && args.director.is_none() && args.target_addr.is_none() {
+    // As target_of uses them: for a cluster reached with --director, or a
+    // peer reached with --target-addr (which --compare does not use).
+    let existing = args.director.is_some()
+        || (args.target_addr.is_some()
+            && args.compare.is_empty()
+            && args.target != TargetKind::Elko);
+    if !args.server_pids.is_empty() && !existing {
         eprintln!(
-            "elko-loadgen: --server-pid names a running server's process: use it with --director or --target-addr (servers the generator starts are measured anyway)"
+            "elko-loadgen: --server-pid names a running server's process: use it with --director, or with --target-addr and --target redis|nats (servers the generator starts are measured anyway)"
         );
         std::process::exit(2);
     }
