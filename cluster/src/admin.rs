@@ -245,11 +245,22 @@ pub fn label_value(v: &str) -> String {
 }
 
 /// A minimal blocking HTTP/1.0 client for tests and tools: one request,
-/// the status and body back.
+/// the status and body back (5 s to connect, and per read).
 pub fn http_request(addr: SocketAddr, method: &str, target: &str) -> io::Result<(u16, String)> {
+    http_request_within(addr, method, target, Duration::from_secs(5))
+}
+
+/// [`http_request`] with `timeout` to connect, and for each write and read.
+pub fn http_request_within(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    timeout: Duration,
+) -> io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     write!(
         s,
         "{method} {target} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"

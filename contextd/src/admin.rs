@@ -2,7 +2,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /metrics` | Prometheus text: contexts and users per event loop; the disk threads' activations, checkpoints (written, failed, bytes, seconds) and queued jobs; each loop's engine counters (connections, traffic, writes, busy time, closes by reason) |
+//! | `GET /metrics` | Prometheus text: contexts and users per event loop; the disk threads' activations, checkpoints (written, failed, bytes, seconds) and queued jobs; each loop's engine counters (connections, traffic, writes, busy time, closes by reason); the process's CPU time, memory, descriptors and threads (the standard `process_*` names) |
 //! | `GET /health` | `ok` |
 //!
 //! Everything it reports is in atomics the loops update as they go, so a
@@ -32,6 +32,7 @@ pub fn handler(
             let mut out = render_metrics(&provider_id, &gauges);
             render_disk(&mut out, disk.stats(), &disk.queued());
             elko_engine::write_prometheus(&mut out, "elko_contextd", &loops);
+            elko_engine::write_process_metrics(&mut out);
             Response::prometheus(out)
         }
         (Method::Get, "/health") => Response::text(200, "ok"),

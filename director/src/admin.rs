@@ -2,7 +2,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /metrics` | Prometheus text: the directory (providers, contexts, users, enters, redirects, denials by code, activations, lost providers; per provider its load, users, connections, busiest loop, capacity, draining) and the event loop's counters |
+//! | `GET /metrics` | Prometheus text: the directory (providers, contexts, users, enters, redirects, denials by code, activations, lost providers; per provider its load, users, connections, busiest loop, capacity, draining), the event loop's counters, and the process's CPU time, memory, descriptors and threads (the standard `process_*` names) |
 //! | `GET /providers` | JSON: every registered context server as the directory sees it |
 //! | `POST /drain?provider=ID` | send `Drain` to that context server and place nothing more on it (loopback peers only) |
 //! | `GET /health` | `ok` while the event loop answers |
@@ -42,6 +42,7 @@ pub fn handler(
             Ok((summary, providers)) => {
                 let mut out = render_metrics(&summary, &providers);
                 elko_engine::write_prometheus(&mut out, "elko_director", &loops);
+                elko_engine::write_process_metrics(&mut out);
                 Response::prometheus(out)
             }
             Err(r) => r,

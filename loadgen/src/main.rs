@@ -2,10 +2,10 @@
 
 use clap::{Parser, Subcommand};
 use elko_loadgen::generator::{worker_main, TargetKind};
-use elko_loadgen::procs::default_bin_dir;
+use elko_loadgen::procs::{default_bin_dir, MetricsUrl};
 use elko_loadgen::repeat::summarize;
 use elko_loadgen::report::{comparison, ratios, svg, Report};
-use elko_loadgen::run::{run, Target};
+use elko_loadgen::run::{run, ServerProc, Target};
 use elko_loadgen::scenario::{Preset, Scenario};
 use elko_loadgen::threshold::Threshold;
 use std::net::SocketAddr;
@@ -93,6 +93,12 @@ struct ChatArgs {
     /// server: CPU, RSS, sockets, CPU per delivery. Repeatable (director, each contextd).
     #[arg(long = "server-pid", value_name = "PID")]
     server_pids: Vec<u32>,
+    /// Like --server-pid, for a server on any machine: its metrics endpoint
+    /// (`--admin-listen` of elko-director / elko-contextd), read each second for
+    /// process_cpu_seconds_total and process_resident_memory_bytes. HOST:PORT or
+    /// http://HOST:PORT[/PATH]. Repeatable.
+    #[arg(long = "server-metrics", value_name = "URL")]
+    server_metrics: Vec<MetricsUrl>,
     /// Where elko-director and elko-contextd are (default: beside this executable).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -168,16 +174,23 @@ fn scenario(a: &ChatArgs) -> Scenario {
 fn target_of(a: &ChatArgs, kind: TargetKind) -> Target {
     match kind {
         TargetKind::Elko => match a.director {
-            Some(d) => Target::Director(d, a.server_pids.clone()),
+            Some(d) => Target::Director(d, existing_servers(a)),
             None => Target::LocalElko {
                 bin_dir: a.bin_dir.clone().unwrap_or_else(default_bin_dir),
             },
         },
         k => match a.target_addr {
-            Some(addr) if a.compare.is_empty() => Target::Peer(k, addr, a.server_pids.clone()),
+            Some(addr) if a.compare.is_empty() => Target::Peer(k, addr, existing_servers(a)),
             _ => Target::LocalPeer(k),
         },
     }
+}
+
+/// The running servers' processes the user named, to measure.
+fn existing_servers(a: &ChatArgs) -> Vec<ServerProc> {
+    let pids = a.server_pids.iter().map(|&p| ServerProc::Pid(p));
+    let urls = a.server_metrics.iter().cloned().map(ServerProc::Metrics);
+    pids.chain(urls).collect()
 }
 
 fn write_file(path: &PathBuf, what: &str, body: impl AsRef<[u8]>) {
@@ -207,9 +220,9 @@ fn main() {
         || (args.target_addr.is_some()
             && args.compare.is_empty()
             && args.target != TargetKind::Elko);
-    if !args.server_pids.is_empty() && !existing {
+    if !existing_servers(&args).is_empty() && !existing {
         eprintln!(
-            "elko-loadgen: --server-pid names a running server's process: use it with --director, or with --target-addr and --target redis|nats (servers the generator starts are measured anyway)"
+            "elko-loadgen: --server-pid and --server-metrics name a running server's process: use them with --director, or with --target-addr and --target redis|nats (servers the generator starts are measured anyway)"
         );
         std::process::exit(2);
     }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use elko_engine::{clock_ticks, ProcStat};
+
 /// CPU time (user + system) and resident memory of a process.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ProcSample {
@@ -14,32 +16,79 @@ pub struct ProcSample {
     pub rss_bytes: u64,
 }
 
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(1) as u64
-}
-
 /// Sample `/proc/<pid>` (`None` for this process: `/proc/self`).
 pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
-    let base = match pid {
-        Some(p) => PathBuf::from(format!("/proc/{p}")),
-        None => PathBuf::from("/proc/self"),
+    ProcStat::read(pid).map(|s| ProcSample {
+        cpu_s: s.cpu_s,
+        rss_bytes: s.rss_bytes,
+    })
+}
+
+/// A server process's metrics endpoint (`--server-metrics`): its standard
+/// `process_*` metrics give CPU time and memory where `/proc` cannot reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsUrl {
+    pub addr: SocketAddr,
+    pub path: String,
+}
+
+impl std::str::FromStr for MetricsUrl {
+    type Err = String;
+
+    /// `HOST:PORT`, `http://HOST:PORT` or `http://HOST:PORT/PATH` (default path `/metrics`).
+    fn from_str(s: &str) -> Result<MetricsUrl, String> {
+        let rest = s.strip_prefix("http://").unwrap_or(s);
+        if rest.contains("://") {
+            return Err(format!("{s}: only http:// is supported"));
+        }
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/metrics"),
+        };
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+            .map_err(|e| format!("{s}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{s}: no address"))?;
+        Ok(MetricsUrl {
+            addr,
+            path: path.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for MetricsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}", self.addr, self.path)
+    }
+}
+
+/// How long one scrape may take before its second counts as missing.
+const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Scrape `url` for `process_cpu_seconds_total` and
+/// `process_resident_memory_bytes`; `None` if it cannot be reached or says
+/// neither.
+pub fn scrape(url: &MetricsUrl) -> Option<ProcSample> {
+    let (status, body) =
+        elko_cluster::admin::http_request_within(url.addr, "GET", &url.path, SCRAPE_TIMEOUT)
+            .ok()?;
+    if status != 200 {
+        return None;
+    }
+    parse_process_metrics(&body)
+}
+
+/// The `process_*` CPU and memory samples of a Prometheus text exposition.
+pub fn parse_process_metrics(text: &str) -> Option<ProcSample> {
+    let value = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .find_map(|v| v.split_whitespace().next()?.parse::<f64>().ok())
     };
-    let stat = std::fs::read_to_string(base.join("stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state(3) ... utime(14) stime(15) ... rss(24).
-    let ut: f64 = f.get(11)?.parse().ok()?;
-    let st: f64 = f.get(12)?.parse().ok()?;
-    let rss_pages: u64 = f.get(21)?.parse().ok()?;
+    let cpu_s = value("process_cpu_seconds_total")?;
     Some(ProcSample {
-        cpu_s: (ut + st) / clk_tck(),
-        rss_bytes: rss_pages * page_size(),
+        cpu_s,
+        rss_bytes: value("process_resident_memory_bytes").unwrap_or(0.0) as u64,
     })
 }
 
@@ -113,8 +162,8 @@ pub fn machine_times() -> Option<MachineTimes> {
     // user nice system idle iowait irq softirq steal
     let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
     Some(MachineTimes {
-        busy_s: busy / clk_tck(),
-        steal_s: v.get(7)? / clk_tck(),
+        busy_s: busy / clock_ticks(),
+        steal_s: v.get(7)? / clock_ticks(),
     })
 }
 
@@ -158,6 +207,11 @@ pub struct Server {
 impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its operator endpoint, if it was started with one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        field(&self.line, "admin")
     }
 
     /// SIGTERM and wait (bounded), then SIGKILL.
@@ -282,13 +336,26 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Start from binaries in `bin_dir`.
+    /// Start from binaries in `bin_dir`; with `admin`, each server also
+    /// serves its operator endpoint on a port of its own
+    /// ([`Server::admin_addr`]).
     pub fn start(
         bin_dir: &Path,
         contextds: usize,
         workers: usize,
+        admin: bool,
     ) -> Result<Cluster, ClusterError> {
-        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let admin_args: &[&str] = if admin {
+            &["--admin-listen", "127.0.0.1:0"]
+        } else {
+            &[]
+        };
+        let args = |v: &[&str]| {
+            v.iter()
+                .chain(admin_args)
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+        };
         let director = spawn(
             &bin_dir.join("elko-director"),
             &args(&[
@@ -317,7 +384,7 @@ impl Cluster {
             } else {
                 workers.to_string()
             };
-            let a = vec![
+            let mut a = vec![
                 "--listen".into(),
                 "127.0.0.1:0".into(),
                 "--director".into(),
@@ -329,6 +396,7 @@ impl Cluster {
                 "--provider-id".into(),
                 format!("loadgen-contextd-{i}"),
             ];
+            a.extend(admin_args.iter().map(|s| s.to_string()));
             servers.push(spawn(
                 &bin_dir.join("elko-contextd"),
                 &a,
@@ -454,6 +522,38 @@ pub fn default_bin_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_urls_parse_with_or_without_scheme_and_path() {
+        let u: MetricsUrl = "127.0.0.1:7702".parse().expect("host:port");
+        assert_eq!(u.to_string(), "http://127.0.0.1:7702/metrics");
+        let u: MetricsUrl = "http://127.0.0.1:9/x/metrics".parse().expect("url");
+        assert_eq!((u.addr.port(), u.path.as_str()), (9, "/x/metrics"));
+        assert!("https://127.0.0.1:1".parse::<MetricsUrl>().is_err());
+        assert!("127.0.0.1".parse::<MetricsUrl>().is_err(), "no port");
+    }
+
+    #[test]
+    fn process_metrics_are_read_from_an_exposition() {
+        let text = "# HELP process_cpu_seconds_total Total user and system CPU time.\n\
+                    # TYPE process_cpu_seconds_total counter\n\
+                    process_cpu_seconds_total_extra 99\n\
+                    process_cpu_seconds_total 12.5\n\
+                    process_resident_memory_bytes 1.048576e+07\n";
+        assert_eq!(
+            parse_process_metrics(text),
+            Some(ProcSample {
+                cpu_s: 12.5,
+                rss_bytes: 10_485_760
+            })
+        );
+        assert_eq!(parse_process_metrics("up 1\n"), None, "no CPU time");
+        // What the servers serve parses.
+        let mut ours = String::new();
+        elko_engine::write_process_metrics(&mut ours);
+        let s = parse_process_metrics(&ours).expect("ours");
+        assert!(s.rss_bytes > 0);
+    }
 
     #[test]
     fn the_machine_is_described_from_proc() {

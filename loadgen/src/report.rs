@@ -37,7 +37,9 @@ impl Percentiles {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcReport {
     pub name: String,
-    pub pid: u32,
+    /// `None` for a process measured through its metrics endpoint
+    /// (`--server-metrics`), which may be on another machine.
+    pub pid: Option<u32>,
     pub cpu_percent_of_core: f64,
     /// Resident memory, highest in the steady state.
     pub rss_bytes: u64,
@@ -57,6 +59,18 @@ pub struct ServerReport {
     /// Sockets of every server process.
     pub connections: u64,
     pub processes: Vec<ProcReport>,
+}
+
+impl ServerReport {
+    /// CPU of the server processes read from this machine's `/proc` (the
+    /// others, measured through metrics endpoints, may run elsewhere).
+    pub fn local_cpu_percent_of_core(&self) -> f64 {
+        self.processes
+            .iter()
+            .filter(|p| p.pid.is_some())
+            .map(|p| p.cpu_percent_of_core)
+            .sum()
+    }
 }
 
 /// One second of the run.
@@ -324,7 +338,7 @@ impl Report {
                 o,
                 "  {:<20} pid {:<8} CPU {:>6.1}% of a core   RSS {:>7.1} MiB (before clients {:.1} MiB)   sockets {}",
                 p.name,
-                p.pid,
+                p.pid.map_or("-".to_string(), |p| p.to_string()),
                 p.cpu_percent_of_core,
                 p.rss_bytes as f64 / 1048576.0,
                 p.rss_before_clients_bytes as f64 / 1048576.0,
@@ -925,7 +939,7 @@ pub(crate) mod tests {
                 connections: 8002,
                 processes: vec![ProcReport {
                     name: "elko-contextd-0".into(),
-                    pid: 1,
+                    pid: Some(1),
                     cpu_percent_of_core: 5.0,
                     rss_bytes: 30 << 20,
                     rss_before_clients_bytes: 20 << 20,

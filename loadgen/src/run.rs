@@ -7,8 +7,8 @@ use crate::generator::{ChildGen, GenError, GenSpec, Generator, LocalGen, TargetK
 use crate::hlog::IntervalLog;
 use crate::metrics::{new_histogram, Counters, Window, WindowHists};
 use crate::procs::{
-    ksoftirqd_pids, machine_times, sample, socket_count, Cluster, ClusterError, Machine,
-    MachineTimes, PeerServer, ProcSample, Server,
+    ksoftirqd_pids, machine_times, sample, scrape, socket_count, Cluster, ClusterError, Machine,
+    MachineTimes, MetricsUrl, PeerServer, ProcSample, Server,
 };
 use crate::report::{distribution, Percentiles, ProcReport, Report, ServerReport, TimelineRow};
 use crate::scenario::{Preset, Scenario, CLIENTS_PER_SOURCE_IP};
@@ -27,12 +27,54 @@ pub enum Target {
     /// Start a local Elko cluster from the binaries in this directory.
     LocalElko { bin_dir: PathBuf },
     /// Drive an existing Elko cluster through its director; measure these
-    /// processes (pids) as its servers.
-    Director(SocketAddr, Vec<u32>),
+    /// processes as its servers.
+    Director(SocketAddr, Vec<ServerProc>),
     /// Start a local peer server (`redis-server`, `nats-server`).
     LocalPeer(TargetKind),
     /// Drive an existing peer server; measure these processes as the server.
-    Peer(TargetKind, SocketAddr, Vec<u32>),
+    Peer(TargetKind, SocketAddr, Vec<ServerProc>),
+}
+
+/// Where a server process's CPU time and memory are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerProc {
+    /// A process on this machine: `/proc/<pid>`.
+    Pid(u32),
+    /// A process's metrics endpoint (`process_*` metrics), on this machine
+    /// or another.
+    Metrics(MetricsUrl),
+}
+
+impl ServerProc {
+    fn sample(&self) -> Option<ProcSample> {
+        match self {
+            ServerProc::Pid(p) => sample(Some(*p)),
+            ServerProc::Metrics(u) => scrape(u),
+        }
+    }
+
+    /// Sockets it holds (unknown through a metrics endpoint).
+    fn sockets(&self) -> Option<u64> {
+        match self {
+            ServerProc::Pid(p) => socket_count(*p),
+            ServerProc::Metrics(_) => None,
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            ServerProc::Pid(p) => Some(*p),
+            ServerProc::Metrics(_) => None,
+        }
+    }
+
+    /// What to call it in the report.
+    fn name(&self) -> String {
+        match self {
+            ServerProc::Pid(p) => process_name(*p),
+            ServerProc::Metrics(u) => u.to_string(),
+        }
+    }
 }
 
 impl Target {
@@ -57,6 +99,8 @@ pub enum RunError {
     Interrupted,
     #[error("--server-pid {0}: no such process (or /proc cannot show it)")]
     NoProcess(u32),
+    #[error("--server-metrics {0}: no process_cpu_seconds_total there (is the server's --admin-listen at that address?)")]
+    NoMetrics(MetricsUrl),
     #[error(
         "none of the {clients} clients got into its room by the end of the ramp, so there is nothing to measure; is {kind} listening at {addr}? errors: {errors}"
     )]
@@ -93,17 +137,21 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// The servers of a run: started by it (stopped in order when it ends), or
 /// running already (measured if the user named their processes).
 enum Servers {
-    Existing(Vec<u32>),
+    Existing(Vec<ServerProc>),
     Elko(Cluster),
     Peer(PeerServer),
 }
 
 impl Servers {
-    /// Name and pid of each server process, to measure.
-    fn processes(&self) -> Vec<(String, u32)> {
-        let started = |v: Vec<&Server>| v.iter().map(|p| (p.name.clone(), p.pid())).collect();
+    /// Name and source of each server process, to measure.
+    fn processes(&self) -> Vec<(String, ServerProc)> {
+        let started = |v: Vec<&Server>| {
+            v.iter()
+                .map(|p| (p.name.clone(), ServerProc::Pid(p.pid())))
+                .collect()
+        };
         match self {
-            Servers::Existing(pids) => pids.iter().map(|&p| (process_name(p), p)).collect(),
+            Servers::Existing(procs) => procs.iter().map(|p| (p.name(), p.clone())).collect(),
             Servers::Elko(c) => started(c.servers().collect()),
             Servers::Peer(p) => started(vec![&p.server]),
         }
@@ -127,7 +175,7 @@ fn process_name(pid: u32) -> String {
 
 /// CPU time of the servers and of the generator's processes, per second.
 struct Cpu {
-    servers: Vec<u32>,
+    servers: Vec<ServerProc>,
     gens: Vec<Option<u32>>,
     softirq: Vec<u32>,
     last_softirq: f64,
@@ -137,7 +185,7 @@ struct Cpu {
 }
 
 impl Cpu {
-    fn new(servers: Vec<u32>, gens: Vec<Option<u32>>) -> Cpu {
+    fn new(servers: Vec<ServerProc>, gens: Vec<Option<u32>>) -> Cpu {
         let mut c = Cpu {
             last_servers: vec![ProcSample::default(); servers.len()],
             last_gens: vec![ProcSample::default(); gens.len()],
@@ -156,8 +204,8 @@ impl Cpu {
     /// softirq threads).
     fn delta(&mut self) -> (Vec<ProcSample>, f64, MachineTimes, f64) {
         let mut per = Vec::with_capacity(self.servers.len());
-        for (pid, last) in self.servers.iter().zip(&mut self.last_servers) {
-            let now = sample(Some(*pid)).unwrap_or(*last);
+        for (server, last) in self.servers.iter().zip(&mut self.last_servers) {
+            let now = server.sample().unwrap_or(*last);
             per.push(ProcSample {
                 cpu_s: (now.cpu_s - last.cpu_s).max(0.0),
                 rss_bytes: now.rss_bytes,
@@ -197,7 +245,7 @@ pub fn run(s: &Scenario, target: Target, exe: &Path) -> Result<Report, RunError>
     }
     let (servers, addr) = match target {
         Target::LocalElko { bin_dir } => {
-            let c = Cluster::start(&bin_dir, s.contextds, s.workers)?;
+            let c = Cluster::start(&bin_dir, s.contextds, s.workers, false)?;
             let a = c.client_addr;
             (Servers::Elko(c), a)
         }
@@ -214,11 +262,13 @@ pub fn run(s: &Scenario, target: Target, exe: &Path) -> Result<Report, RunError>
     result
 }
 
-/// Servers already running, with these processes to measure (each must exist).
-fn existing(pids: Vec<u32>) -> Result<Servers, RunError> {
-    match pids.iter().find(|&&p| sample(Some(p)).is_none()) {
-        Some(&p) => Err(RunError::NoProcess(p)),
-        None => Ok(Servers::Existing(pids)),
+/// Servers already running, with these processes to measure (each must
+/// answer now).
+fn existing(procs: Vec<ServerProc>) -> Result<Servers, RunError> {
+    match procs.iter().find(|p| p.sample().is_none()) {
+        Some(ServerProc::Pid(p)) => Err(RunError::NoProcess(*p)),
+        Some(ServerProc::Metrics(u)) => Err(RunError::NoMetrics(u.clone())),
+        None => Ok(Servers::Existing(procs)),
     }
 }
 
@@ -232,7 +282,7 @@ fn drive(
     let server_procs = servers.processes();
     let baseline_rss: Vec<u64> = server_procs
         .iter()
-        .map(|(_, p)| sample(Some(*p)).map_or(0, |x| x.rss_bytes))
+        .map(|(_, p)| p.sample().map_or(0, |x| x.rss_bytes))
         .collect();
 
     let start_us = (s.ramp + SETTLE).as_micros() as u64;
@@ -270,7 +320,7 @@ fn drive(
     } else {
         gens.iter().map(|g| g.child_pid()).collect()
     };
-    let mut cpu = Cpu::new(server_procs.iter().map(|p| p.1).collect(), gen_pids);
+    let mut cpu = Cpu::new(server_procs.iter().map(|p| p.1.clone()).collect(), gen_pids);
 
     let mut timeline = Vec::new();
     let tty = std::io::stderr().is_terminal();
@@ -313,7 +363,7 @@ fn drive(
         if steady {
             totals.add(&per, gen_cpu, machine_cpu, softirq_cpu);
             if sockets.iter().all(Option::is_none) {
-                sockets = server_procs.iter().map(|p| socket_count(p.1)).collect();
+                sockets = server_procs.iter().map(|p| p.1.sockets()).collect();
             }
         }
         let row = TimelineRow::second(t, phase, &c, &last, &ih, &per, gen_cpu);
@@ -392,9 +442,9 @@ fn drive(
     let processes: Vec<ProcReport> = server_procs
         .iter()
         .enumerate()
-        .map(|(i, (name, pid))| ProcReport {
+        .map(|(i, (name, source))| ProcReport {
             name: name.clone(),
-            pid: *pid,
+            pid: source.pid(),
             cpu_percent_of_core: totals.percent(totals.server_cpu_s[i]),
             rss_bytes: totals.server_rss[i],
             rss_before_clients_bytes: baseline_rss[i],
@@ -587,9 +637,12 @@ fn warnings(r: &Report, gen_loops: usize) -> Vec<String> {
             r.loadgen_cpu_percent_of_core
         ));
     }
+    // Servers measured through their metrics endpoints may run elsewhere:
+    // only those read from this machine's /proc count against it.
+    let local_servers = r.server.local_cpu_percent_of_core();
     let others = r.machine_cpu_percent_of_core
         - r.host_steal_percent_of_core
-        - r.server.cpu_percent_of_core
+        - local_servers
         - r.loadgen_cpu_percent_of_core
         - r.kernel_softirq_threads_cpu_percent_of_core;
     if others > 25.0 {
@@ -612,11 +665,11 @@ fn warnings(r: &Report, gen_loops: usize) -> Vec<String> {
         ));
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let busy = r.loadgen_cpu_percent_of_core + r.server.cpu_percent_of_core;
+    let busy = r.loadgen_cpu_percent_of_core + local_servers;
     if busy > 90.0 * cores {
         w.push(format!(
-            "MACHINE SATURATED: server {:.0}% + generator {:.0}% of {cores:.0} cores",
-            r.server.cpu_percent_of_core, r.loadgen_cpu_percent_of_core
+            "MACHINE SATURATED: server {local_servers:.0}% + generator {:.0}% of {cores:.0} cores",
+            r.loadgen_cpu_percent_of_core
         ));
     }
     if r.lost > 0 {

@@ -420,44 +420,58 @@ fn repeated_rounds_are_all_kept_and_summarised() {
 }
 
 #[test]
-fn a_running_cluster_is_measured_through_its_server_pids() {
+fn a_running_cluster_is_measured_through_its_pids_or_metrics_endpoints() {
     let dir = bin_dir();
     ensure_servers(&dir);
-    let cluster = elko_loadgen::procs::Cluster::start(&dir, 1, 1).expect("cluster");
+    let cluster = elko_loadgen::procs::Cluster::start(&dir, 1, 1, true).expect("cluster");
     let director = cluster.client_addr.to_string();
-    let pids: Vec<String> = cluster.servers().map(|p| p.pid().to_string()).collect();
+    // The director through /proc, the context server through its /metrics.
+    let director_pid = cluster.director.pid().to_string();
+    let metrics = format!(
+        "http://{}/metrics",
+        cluster.contextds[0].admin_addr().expect("admin endpoint")
+    );
     let mut args = SMALL.to_vec();
-    args.extend(["--director", &director]);
-    for p in &pids {
-        args.extend(["--server-pid", p.as_str()]);
-    }
+    args.extend(["--director", &director, "--server-pid", &director_pid]);
+    args.extend(["--server-metrics", &metrics]);
     let v = run_json(&args, "existing");
     cluster.stop();
     assert_all_delivered(&v, 120);
     let procs = v["server"]["processes"].as_array().expect("processes");
     let names: Vec<&str> = procs.iter().filter_map(|p| p["name"].as_str()).collect();
-    assert_eq!(names, ["elko-director", "elko-contextd"], "{v}");
+    assert_eq!(names, ["elko-director", metrics.as_str()], "{v}");
     assert!(
-        procs[1]["sockets"].as_u64() >= Some(120),
-        "the contextd holds every client: {v}"
+        procs[0]["pid"].as_u64().is_some() && procs[1]["pid"].is_null(),
+        "{v}"
     );
-    assert!(v["server"]["cpu_percent_of_core"].as_f64() > Some(0.0));
+    assert!(procs[0]["sockets"].as_u64() >= Some(2), "{v}");
+    assert!(
+        procs[1]["sockets"].is_null(),
+        "not known through metrics: {v}"
+    );
+    assert!(procs[1]["cpu_percent_of_core"].as_f64() > Some(0.0), "{v}");
+    assert!(procs[1]["rss_bytes"].as_u64() > Some(1 << 20), "{v}");
     assert!(v["server_cpu_us_per_delivery"].as_f64() > Some(0.0));
 
-    // A process that does not exist is refused before anything runs.
-    let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
-        .args([
-            "chat",
-            "--director",
-            &director,
+    // A process that does not exist, or an address with no metrics, is
+    // refused before anything runs.
+    for (flag, value, says) in [
+        (
             "--server-pid",
             "4294967295",
-        ])
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("--server-pid 4294967295: no such process"),
-        "{stderr}"
-    );
+            "--server-pid 4294967295: no such process",
+        ),
+        (
+            "--server-metrics",
+            director.as_str(),
+            "no process_cpu_seconds_total there",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
+            .args(["chat", "--director", &director, flag, value])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{stderr}");
+    }
 }
