@@ -188,6 +188,11 @@ pub struct Report {
     pub timeline: Vec<TimelineRow>,
     #[serde(skip)]
     pub distribution: Vec<(f64, u64)>,
+    /// The same for the first copy and the fanout spread (the plot of a single run).
+    #[serde(skip)]
+    pub first_copy_distribution: Vec<(f64, u64)>,
+    #[serde(skip)]
+    pub fanout_spread_distribution: Vec<(f64, u64)>,
     /// The per-second histograms for `--hlog`.
     #[serde(skip)]
     pub interval_log: crate::hlog::IntervalLog,
@@ -693,7 +698,11 @@ pub fn svg(reports: &[&Report]) -> String {
         y0,
         pw,
         ph,
-        "Latency distribution in the steady state (from the intended send time)",
+        if reports.len() == 1 {
+            "Latency distribution in the steady state (from the intended send time; the spread from the first copy)"
+        } else {
+            "Latency distribution in the steady state (from the intended send time)"
+        },
         "percentile",
     );
     let xmax = 5.0; // 99.999%
@@ -718,7 +727,35 @@ pub fn svg(reports: &[&Report]) -> String {
             y0 + ph + 18.0
         );
     }
-    let mut items = Vec::new();
+    let (mut items, mut split_items) = (Vec::new(), Vec::new());
+    if let [r] = reports {
+        // One run: where its latency goes, behind the whole.
+        for (name, color, dist, p) in [
+            (
+                "first copy",
+                "#1f77b4",
+                &r.first_copy_distribution,
+                &r.first_copy_latency_us,
+            ),
+            (
+                "fanout spread",
+                "#9467bd",
+                &r.fanout_spread_distribution,
+                &r.fanout_spread_us,
+            ),
+        ] {
+            let pts: Vec<String> = dist
+                .iter()
+                .map(|&(q, v)| format!("{:.1},{:.1}", xof(q), yof(v, y0, ph)))
+                .collect();
+            polyline(&mut o, &pts, color, 1.6, true);
+            split_items.push((
+                format!("{name}: p50 {}  p99 {}", ms(p.p50), ms(p.p99)),
+                color,
+                true,
+            ));
+        }
+    }
     for (i, r) in reports.iter().enumerate() {
         let color = if reports.len() == 1 {
             "#2ca02c"
@@ -745,6 +782,7 @@ pub fn svg(reports: &[&Report]) -> String {
             false,
         ));
     }
+    items.append(&mut split_items);
     // Bottom right: below the curves, which rise to the right.
     legend(
         &mut o,
@@ -975,6 +1013,8 @@ pub(crate) mod tests {
                 loadgen_cpu_percent: 6.0,
             }],
             distribution: distribution(&h),
+            first_copy_distribution: distribution(&h),
+            fanout_spread_distribution: distribution(&h),
             steady_from_s: 11.0,
             interval_log: Default::default(),
             machine: crate::procs::Machine {
@@ -1097,5 +1137,17 @@ pub(crate) mod tests {
         let plot = svg(&runs.iter().collect::<Vec<_>>());
         assert!(plot.contains("elko p99") && plot.contains("redis p99"));
         assert_eq!(plot.matches("<path").count(), 6);
+        assert!(
+            !plot.contains("first copy"),
+            "the split is drawn for one run only"
+        );
+    }
+
+    #[test]
+    fn one_run_plots_its_first_copy_and_spread() {
+        let plot = sample_report("elko", 300, 3.0).svg();
+        assert!(plot.contains("first copy: p50") && plot.contains("fanout spread: p50"));
+        // p50, p99, max over time; the distribution, its first copy and spread.
+        assert_eq!(plot.matches("<path").count(), 6, "{plot}");
     }
 }

@@ -507,6 +507,8 @@ fn drive(
         max_sustained_deliveries_per_s: stepper.as_ref().map(Stepper::best),
         max_steps: stepper.map(Stepper::into_steps).unwrap_or_default(),
         distribution: distribution(&hists.corrected),
+        first_copy_distribution: distribution(&hists.first_copy),
+        fanout_spread_distribution: distribution(&hists.fanout_spread),
         steady_from_s: window_start.as_secs_f64(),
         interval_log,
         timeline,
