@@ -128,6 +128,17 @@ pub struct MaxStep {
     /// Deliveries of the step's utterances not yet received when the step
     /// ended (in flight, not lost: losses are counted for the whole run).
     pub in_flight_at_step_end: u64,
+    /// After the search: the best rate held, to see that it is sustained.
+    pub hold: bool,
+}
+
+/// The `max` preset's best rate, held after the search for the rest of the
+/// steady state: what it delivered, and its p99 over the whole hold.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MaxHeld {
+    pub seconds: f64,
+    pub deliveries_per_s: f64,
+    pub p99_us: u64,
 }
 
 /// Everything measured.
@@ -184,6 +195,8 @@ pub struct Report {
     pub max_steps: Vec<MaxStep>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_sustained_deliveries_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_held: Option<MaxHeld>,
     #[serde(skip)]
     pub timeline: Vec<TimelineRow>,
     #[serde(skip)]
@@ -402,11 +415,26 @@ impl Report {
             for st in &self.max_steps {
                 let _ = writeln!(
                     o,
-                    "  target {:>9.0} utt/s  -> {:>10.0} deliveries/s  p99 {:>10}  in flight at step end {}",
+                    "  target {:>9.0} utt/s  -> {:>10.0} deliveries/s  p99 {:>10}  in flight at step end {}{}",
                     st.utterances_per_s_target,
                     st.deliveries_per_s,
                     ms(st.p99_us),
-                    st.in_flight_at_step_end
+                    st.in_flight_at_step_end,
+                    if st.hold { "  (held)" } else { "" }
+                );
+            }
+            if let Some(h) = self.max_held {
+                let _ = writeln!(
+                    o,
+                    "  held {:.0} s after the search: {:.0} deliveries/s at p99 {}{}",
+                    h.seconds,
+                    h.deliveries_per_s,
+                    ms(h.p99_us),
+                    if h.p99_us <= crate::stepper::KNEE_P99_US {
+                        ": sustained"
+                    } else {
+                        ": NOT sustained (see the warning)"
+                    }
                 );
             }
         }
@@ -1000,6 +1028,7 @@ pub(crate) mod tests {
             warnings: vec![],
             max_steps: vec![],
             max_sustained_deliveries_per_s: None,
+            max_held: None,
             timeline: vec![TimelineRow {
                 t_s: 1.0,
                 phase: "steady",

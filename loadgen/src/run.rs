@@ -505,6 +505,7 @@ fn drive(
         server,
         warnings: Vec::new(),
         max_sustained_deliveries_per_s: stepper.as_ref().map(Stepper::best),
+        max_held: stepper.as_ref().and_then(Stepper::held),
         max_steps: stepper.map(Stepper::into_steps).unwrap_or_default(),
         distribution: distribution(&hists.corrected),
         first_copy_distribution: distribution(&hists.first_copy),
@@ -672,6 +673,17 @@ fn warnings(r: &Report, gen_loops: usize) -> Vec<String> {
         w.push(format!(
             "MACHINE SATURATED: server {local_servers:.0}% + generator {:.0}% of {cores:.0} cores",
             r.loadgen_cpu_percent_of_core
+        ));
+    }
+    if let Some(h) = r
+        .max_held
+        .filter(|h| h.p99_us > crate::stepper::KNEE_P99_US)
+    {
+        w.push(format!(
+            "MAX NOT SUSTAINED: the best step's rate, held {:.0} s after the search, had p99 {:.0} ms: \
+             near the knee p99 moves from step to step (try a longer --step)",
+            h.seconds,
+            h.p99_us as f64 / 1e3
         ));
     }
     if r.lost > 0 {

@@ -4,10 +4,12 @@
 //! times as often. Once a step has passed it, bisect (geometrically) between
 //! the fastest step within the knee and the slowest past it, until the two
 //! rates are within [`RESOLUTION`] of each other; then hold the fastest rate
-//! found within the knee to the end of the steady state.
+//! found within the knee to the end of the steady state, still judging steps
+//! ("held"), so the report shows whether that rate is sustained: near the
+//! knee p99 moves from step to step, and one lucky step is not a rate.
 
 use crate::metrics::{new_histogram, Counters};
-use crate::report::MaxStep;
+use crate::report::{MaxHeld, MaxStep};
 use hdrhistogram::Histogram;
 use std::time::Duration;
 
@@ -30,7 +32,12 @@ pub struct Stepper {
     started: Duration,
     at_start: Counters,
     hist: Histogram<u64>,
+    /// The search is over; steps now hold the best rate.
     stopped: bool,
+    /// Over every held step: latencies, seconds and deliveries.
+    held_hist: Histogram<u64>,
+    held_s: f64,
+    held_deliveries: u64,
     /// Mean interval of the fastest step within the knee so far, and of the
     /// slowest past it.
     good: Option<u64>,
@@ -49,6 +56,9 @@ impl Stepper {
             at_start: Counters::default(),
             hist: new_histogram(),
             stopped: false,
+            held_hist: new_histogram(),
+            held_s: 0.0,
+            held_deliveries: 0,
             good: None,
             bad: None,
             steps: Vec::new(),
@@ -65,9 +75,6 @@ impl Stepper {
         c: Counters,
         latencies: &Histogram<u64>,
     ) -> Option<u64> {
-        if self.stopped {
-            return None;
-        }
         let _ = self.hist.add(latencies);
         if !steady {
             self.restart(t, c);
@@ -77,20 +84,33 @@ impl Stepper {
         if elapsed < self.step {
             return None;
         }
+        if self.stopped && self.good.is_none() {
+            // Not even the first step was within the knee: nothing to hold.
+            self.restart(t, c);
+            return None;
+        }
         let p99 = if self.hist.is_empty() {
             u64::MAX
         } else {
             self.hist.value_at_quantile(0.99)
         };
         let from = self.at_start;
+        let delivered = c.received_total - from.received_total;
         self.steps.push(MaxStep {
             utterances_per_s_target: self.clients as f64 * 1e6 / self.mean_us as f64,
-            deliveries_per_s: (c.received_total - from.received_total) as f64
-                / elapsed.as_secs_f64(),
+            deliveries_per_s: delivered as f64 / elapsed.as_secs_f64(),
             p99_us: p99,
             in_flight_at_step_end: (c.expected_window - from.expected_window)
                 .saturating_sub(c.received_window - from.received_window),
+            hold: self.stopped,
         });
+        if self.stopped {
+            let _ = self.held_hist.add(&self.hist);
+            self.held_s += elapsed.as_secs_f64();
+            self.held_deliveries += delivered;
+            self.restart(t, c);
+            return None;
+        }
         if p99 > KNEE_P99_US {
             self.bad = Some(self.mean_us);
         } else {
@@ -125,9 +145,22 @@ impl Stepper {
     pub fn best(&self) -> f64 {
         self.steps
             .iter()
-            .filter(|m| m.p99_us <= KNEE_P99_US)
+            .filter(|m| !m.hold && m.p99_us <= KNEE_P99_US)
             .map(|m| m.deliveries_per_s)
             .fold(0.0, f64::max)
+    }
+
+    /// The best rate as held after the search, over all held steps.
+    pub fn held(&self) -> Option<MaxHeld> {
+        (self.held_s > 0.0).then(|| MaxHeld {
+            seconds: self.held_s,
+            deliveries_per_s: self.held_deliveries as f64 / self.held_s,
+            p99_us: if self.held_hist.is_empty() {
+                u64::MAX
+            } else {
+                self.held_hist.value_at_quantile(0.99)
+            },
+        })
     }
 
     /// Every judged step, in order.
@@ -167,7 +200,9 @@ mod tests {
                 mean_us = m;
             }
         }
-        let steps = st.into_steps();
+        let held = st.held().expect("the best rate was held");
+        let all = st.into_steps();
+        let (holds, steps): (Vec<_>, Vec<_>) = all.into_iter().partition(|m| m.hold);
         let rates: Vec<f64> = steps.iter().map(|m| m.utterances_per_s_target).collect();
         // Rising by 1/0.7: 1000, 1429, 2041, 2915, then 4165 is past the knee.
         assert!(
@@ -191,12 +226,43 @@ mod tests {
             .fold(f64::MAX, f64::min);
         assert!(worst_past / best_within <= RESOLUTION, "{rates:?}");
         assert!(best_within <= knee_rate && best_within > knee_rate / RESOLUTION);
-        // Done: no more steps judged, and the last change holds the best rate.
+        // Done: the last change holds the best rate, and every later step is
+        // judged as held at that rate.
         assert!(steps.len() <= 10, "{rates:?}");
-        let held = clients as f64 * 1e6 / changes.last().expect("changes").1 as f64;
+        let held_rate = clients as f64 * 1e6 / changes.last().expect("changes").1 as f64;
         assert!(
-            (held - best_within).abs() < 1.0,
-            "held {held}, best {best_within}"
+            (held_rate - best_within).abs() < 1.0,
+            "held {held_rate}, best {best_within}"
+        );
+        assert!(holds.len() >= 5, "{} held steps", holds.len());
+        assert!(holds
+            .iter()
+            .all(|m| (m.utterances_per_s_target - best_within).abs() < 1.0));
+        assert!(held.p99_us.abs_diff(50_000) < 100, "sustained: {held:?}");
+        assert!((held.deliveries_per_s - best_within * 40.0).abs() < 1.0);
+        assert_eq!(held.seconds, 10.0 * holds.len() as f64);
+    }
+
+    #[test]
+    fn a_best_step_that_does_not_hold_is_seen() {
+        // Within the knee at the first rate once, then never again: the
+        // search bisects down to it, holds it, and the hold shows the breach.
+        let mut st = Stepper::new(Duration::from_secs(1), 8000, 8_000_000);
+        let c = Counters::default();
+        let mut last_change = None;
+        for s in 1..=30u64 {
+            let p99 = if s == 1 { 90_000 } else { 150_000 };
+            if let Some(m) = st.second(Duration::from_secs(s), true, c, &second(p99, 10)) {
+                last_change = Some((s, m));
+            }
+        }
+        let (when, held_mean) = last_change.expect("changes");
+        assert_eq!(held_mean, 8_000_000, "the first step was the best: hold it");
+        let held = st.held().expect("held");
+        assert_eq!(held.seconds, (30 - when) as f64);
+        assert!(
+            held.p99_us.abs_diff(150_000) < 200,
+            "and it did not hold: {held:?}"
         );
     }
 
@@ -212,6 +278,7 @@ mod tests {
             st.second(Duration::from_secs(2), true, c, &second(1, 5)),
             None
         );
+        assert_eq!(st.held(), None, "nothing within the knee to hold");
         assert_eq!(st.into_steps().len(), 1);
     }
 
