@@ -132,13 +132,15 @@ pub struct MaxStep {
     pub hold: bool,
 }
 
-/// The `max` preset's best rate, held after the search for the rest of the
-/// steady state: what it delivered, and its p99 over the whole hold.
+/// The `max` preset's best rate, held after the search (and lowered while
+/// it breaches the knee): the last hold, what it delivered, its p99 over
+/// every held second, and whether that makes it a sustained rate.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MaxHeld {
     pub seconds: f64,
     pub deliveries_per_s: f64,
     pub p99_us: u64,
+    pub sustained: bool,
 }
 
 /// Everything measured.
@@ -408,9 +410,13 @@ impl Report {
             );
         }
         if let Some(best) = self.max_sustained_deliveries_per_s {
+            let how = match self.max_held {
+                Some(h) if h.sustained => "held",
+                _ => "best single step, not confirmed by a hold",
+            };
             let _ = writeln!(
                 o,
-                "\nmax: highest sustained rate with p99 <= 100 ms: {best:.0} deliveries/s"
+                "\nmax: highest sustained rate with p99 <= 100 ms: {best:.0} deliveries/s ({how})"
             );
             for st in &self.max_steps {
                 let _ = writeln!(
@@ -426,14 +432,14 @@ impl Report {
             if let Some(h) = self.max_held {
                 let _ = writeln!(
                     o,
-                    "  held {:.0} s after the search: {:.0} deliveries/s at p99 {}{}",
+                    "  last hold: {:.0} s at {:.0} deliveries/s, p99 {}: {}",
                     h.seconds,
                     h.deliveries_per_s,
                     ms(h.p99_us),
-                    if h.p99_us <= crate::stepper::KNEE_P99_US {
-                        ": sustained"
+                    if h.sustained {
+                        "sustained"
                     } else {
-                        ": NOT sustained (see the warning)"
+                        "NOT sustained (see the warning)"
                     }
                 );
             }

@@ -675,15 +675,14 @@ fn warnings(r: &Report, gen_loops: usize) -> Vec<String> {
             r.loadgen_cpu_percent_of_core
         ));
     }
-    if let Some(h) = r
-        .max_held
-        .filter(|h| h.p99_us > crate::stepper::KNEE_P99_US)
-    {
+    if s.preset == Preset::Max && !r.max_held.is_some_and(|h| h.sustained) {
+        let last = r.max_held.map_or("none".to_string(), |h| {
+            format!("{:.0} s at p99 {:.0} ms", h.seconds, h.p99_us as f64 / 1e3)
+        });
         w.push(format!(
-            "MAX NOT SUSTAINED: the best step's rate, held {:.0} s after the search, had p99 {:.0} ms: \
-             near the knee p99 moves from step to step (try a longer --step)",
-            h.seconds,
-            h.p99_us as f64 / 1e3
+            "MAX NOT SUSTAINED: no rate held {} steps within p99 100 ms after the search (last \
+             hold: {last}); the figure is the best single step (lengthen --duration for more holds)",
+            crate::stepper::HOLD_STEPS
         ));
     }
     if r.lost > 0 {

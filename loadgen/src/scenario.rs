@@ -113,10 +113,11 @@ impl Scenario {
             Preset::Max => Scenario {
                 // 40k deliveries/s at first, then 1/0.7 times more each step
                 // until the knee, then bisection, then the best rate held
-                // (loadgen/src/stepper.rs): 18 steps of 10 s reach 2M
-                // deliveries/s, bisect to 5 % and leave a few to hold.
+                // and lowered until it holds (loadgen/src/stepper.rs): 24
+                // steps of 10 s reach 2M deliveries/s, bisect to 5 % and
+                // leave time for a hold or two.
                 interval: Duration::from_secs(8),
-                duration: Duration::from_secs(180),
+                duration: Duration::from_secs(240),
                 ..base
             },
         }
