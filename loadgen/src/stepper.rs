@@ -44,6 +44,9 @@ pub struct Stepper {
     held_s: f64,
     held_deliveries: u64,
     held_steps: u32,
+    /// The hold before the last lowering (shown if the run ends before the
+    /// next hold has a step).
+    last_hold: Option<MaxHeld>,
     /// Mean interval of the fastest step within the knee so far, and of the
     /// slowest past it.
     good: Option<u64>,
@@ -66,6 +69,7 @@ impl Stepper {
             held_s: 0.0,
             held_deliveries: 0,
             held_steps: 0,
+            last_hold: None,
             good: None,
             bad: None,
             steps: Vec::new(),
@@ -122,6 +126,7 @@ impl Stepper {
                 return None;
             }
             // Not sustained: a little slower, and hold again.
+            self.last_hold = self.held();
             self.mean_us = ((self.mean_us as f64 * RESOLUTION).round() as u64).max(1);
             self.held_hist.reset();
             (self.held_s, self.held_deliveries, self.held_steps) = (0.0, 0, 0);
@@ -172,14 +177,18 @@ impl Stepper {
         }
     }
 
-    /// The current hold (since the search ended or the last lowering).
+    /// The current hold (since the search ended or the last lowering), or
+    /// the one before if the current has not had a step yet.
     pub fn held(&self) -> Option<MaxHeld> {
+        if self.held_s == 0.0 {
+            return self.last_hold;
+        }
         let p99_us = if self.held_hist.is_empty() {
             u64::MAX
         } else {
             self.held_hist.value_at_quantile(0.99)
         };
-        (self.held_s > 0.0).then(|| MaxHeld {
+        Some(MaxHeld {
             seconds: self.held_s,
             deliveries_per_s: self.held_deliveries as f64 / self.held_s,
             p99_us,
@@ -311,6 +320,28 @@ mod tests {
             .fold(0.0, f64::max);
         assert!(lucky_step > 1400.0, "the search ended on the lucky step");
         assert!(steps.iter().filter(|m| m.hold).count() >= 3 * 8);
+    }
+
+    #[test]
+    fn a_lowered_hold_stays_in_the_report_until_the_next_has_a_step() {
+        // Within the knee once at the first rate, then never: search, hold,
+        // and after 3 breaching held steps, lower the rate.
+        let mut st = Stepper::new(Duration::from_secs(1), 8000, 8_000_000);
+        let c = Counters::default();
+        let mut lowered = None;
+        for s in 1..=40u64 {
+            let p99 = if s == 1 { 90_000 } else { 150_000 };
+            if let Some(m) = st.second(Duration::from_secs(s), true, c, &second(p99, 10)) {
+                if m > 8_000_000 {
+                    lowered = Some(s);
+                    break;
+                }
+            }
+        }
+        assert!(lowered.is_some(), "the hold was lowered");
+        let h = st.held().expect("the lowered hold is still reported");
+        assert_eq!(h.seconds, 3.0);
+        assert!(!h.sustained && h.p99_us > KNEE_P99_US, "{h:?}");
     }
 
     #[test]
