@@ -100,11 +100,7 @@ impl Stepper {
             self.restart(t, c);
             return None;
         }
-        let p99 = if self.hist.is_empty() {
-            u64::MAX
-        } else {
-            self.hist.value_at_quantile(0.99)
-        };
+        let p99 = p99_or_max(&self.hist);
         let from = self.at_start;
         let delivered = c.received_total - from.received_total;
         self.steps.push(MaxStep {
@@ -116,21 +112,9 @@ impl Stepper {
             hold: self.stopped,
         });
         if self.stopped {
-            let _ = self.held_hist.add(&self.hist);
-            self.held_s += elapsed.as_secs_f64();
-            self.held_deliveries += delivered;
-            self.held_steps += 1;
+            let lowered = self.held_step(elapsed, delivered);
             self.restart(t, c);
-            let breached = self.held_hist.value_at_quantile(0.99) > KNEE_P99_US;
-            if self.held_steps < HOLD_STEPS || !breached {
-                return None;
-            }
-            // Not sustained: a little slower, and hold again.
-            self.last_hold = self.held();
-            self.mean_us = ((self.mean_us as f64 * RESOLUTION).round() as u64).max(1);
-            self.held_hist.reset();
-            (self.held_s, self.held_deliveries, self.held_steps) = (0.0, 0, 0);
-            return Some(self.mean_us);
+            return lowered;
         }
         if p99 > KNEE_P99_US {
             self.bad = Some(self.mean_us);
@@ -138,9 +122,9 @@ impl Stepper {
             self.good = Some(self.mean_us);
         }
         let next = match (self.good, self.bad) {
-            (_, None) => Some(((self.mean_us as f64 * SPEED_UP).round() as u64).max(1)),
+            (_, None) => Some(scaled(self.mean_us, SPEED_UP)),
             (Some(g), Some(b)) if g as f64 > b as f64 * RESOLUTION => {
-                Some(((g as f64 * b as f64).sqrt().round() as u64).max(1))
+                Some(scaled(g, (b as f64 / g as f64).sqrt()))
             }
             (good, Some(_)) => {
                 // Found (or the very first step was past the knee): hold.
@@ -154,6 +138,25 @@ impl Stepper {
             self.mean_us = m;
         }
         change
+    }
+
+    /// Count a held step (the current step's latencies, its length and
+    /// deliveries). Returns the lowered mean interval when the hold, after
+    /// [`HOLD_STEPS`] steps, is past the knee.
+    fn held_step(&mut self, elapsed: Duration, delivered: u64) -> Option<u64> {
+        let _ = self.held_hist.add(&self.hist);
+        self.held_s += elapsed.as_secs_f64();
+        self.held_deliveries += delivered;
+        self.held_steps += 1;
+        if self.held_steps < HOLD_STEPS || p99_or_max(&self.held_hist) <= KNEE_P99_US {
+            return None;
+        }
+        // Not sustained: a little slower, and hold again.
+        self.last_hold = self.held();
+        self.mean_us = scaled(self.mean_us, RESOLUTION);
+        self.held_hist.reset();
+        (self.held_s, self.held_deliveries, self.held_steps) = (0.0, 0, 0);
+        Some(self.mean_us)
     }
 
     fn restart(&mut self, t: Duration, c: Counters) {
@@ -183,11 +186,7 @@ impl Stepper {
         if self.held_s == 0.0 {
             return self.last_hold;
         }
-        let p99_us = if self.held_hist.is_empty() {
-            u64::MAX
-        } else {
-            self.held_hist.value_at_quantile(0.99)
-        };
+        let p99_us = p99_or_max(&self.held_hist);
         Some(MaxHeld {
             seconds: self.held_s,
             deliveries_per_s: self.held_deliveries as f64 / self.held_s,
@@ -200,6 +199,20 @@ impl Stepper {
     pub fn into_steps(self) -> Vec<MaxStep> {
         self.steps
     }
+}
+
+/// A histogram's p99; with no delivery at all, past any knee.
+fn p99_or_max(h: &Histogram<u64>) -> u64 {
+    if h.is_empty() {
+        u64::MAX
+    } else {
+        h.value_at_quantile(0.99)
+    }
+}
+
+/// A mean interval times `factor` (at least 1 µs).
+fn scaled(mean_us: u64, factor: f64) -> u64 {
+    ((mean_us as f64 * factor).round() as u64).max(1)
 }
 
 #[cfg(test)]
