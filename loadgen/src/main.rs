@@ -214,18 +214,6 @@ fn main() {
         Cmd::Worker { spec } => std::process::exit(worker_main(&spec)),
         Cmd::Chat(args) => *args,
     };
-    // As target_of uses them: for a cluster reached with --director, or a
-    // peer reached with --target-addr (which --compare does not use).
-    let existing = args.director.is_some()
-        || (args.target_addr.is_some()
-            && args.compare.is_empty()
-            && args.target != TargetKind::Elko);
-    if !existing_servers(&args).is_empty() && !existing {
-        eprintln!(
-            "elko-loadgen: --server-pid and --server-metrics name a running server's process: use them with --director, or with --target-addr and --target redis|nats (servers the generator starts are measured anyway)"
-        );
-        std::process::exit(2);
-    }
     let s = scenario(&args);
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -244,6 +232,16 @@ fn main() {
         if !kinds.contains(k) {
             kinds.push(*k);
         }
+    }
+    // Named server processes are measured only for targets already running.
+    let existing = kinds
+        .iter()
+        .any(|&k| matches!(target_of(&args, k), Target::Director(..) | Target::Peer(..)));
+    if !existing_servers(&args).is_empty() && !existing {
+        eprintln!(
+            "elko-loadgen: --server-pid and --server-metrics name a running server's process: use them with --director, or with --target-addr and --target redis|nats (servers the generator starts are measured anyway)"
+        );
+        std::process::exit(2);
     }
     eprintln!(
         "elko-loadgen: {} clients in {} rooms, one utterance per {:.2} s each (target {:.0} deliveries/s), ramp {:.0} s, steady {:.0} s, {} generator process(es); target {}",

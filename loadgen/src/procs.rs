@@ -167,6 +167,13 @@ pub fn machine_times() -> Option<MachineTimes> {
     })
 }
 
+/// A process's command name (`/proc/<pid>/comm`), or `pid <pid>`.
+pub fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_else(|_| format!("pid {pid}"))
+}
+
 /// The kernel's `ksoftirqd/N` threads: network work the kernel defers to
 /// them is charged to neither the servers nor the generator.
 pub fn ksoftirqd_pids() -> Vec<u32> {

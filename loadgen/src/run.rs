@@ -7,8 +7,8 @@ use crate::generator::{ChildGen, GenError, GenSpec, Generator, LocalGen, TargetK
 use crate::hlog::IntervalLog;
 use crate::metrics::{new_histogram, Counters, Window, WindowHists};
 use crate::procs::{
-    ksoftirqd_pids, machine_times, sample, scrape, socket_count, Cluster, ClusterError, Machine,
-    MachineTimes, MetricsUrl, PeerServer, ProcSample, Server,
+    ksoftirqd_pids, machine_times, process_name, sample, scrape, socket_count, Cluster,
+    ClusterError, Machine, MachineTimes, MetricsUrl, PeerServer, ProcSample, Server,
 };
 use crate::report::{distribution, Percentiles, ProcReport, Report, ServerReport, TimelineRow};
 use crate::scenario::{Preset, Scenario, CLIENTS_PER_SOURCE_IP};
@@ -164,13 +164,6 @@ impl Servers {
             Servers::Peer(mut p) => p.server.stop(),
         }
     }
-}
-
-/// A process's command name (`/proc/<pid>/comm`), or `pid <pid>`.
-fn process_name(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim().to_string())
-        .unwrap_or_else(|_| format!("pid {pid}"))
 }
 
 /// CPU time of the servers and of the generator's processes, per second.
