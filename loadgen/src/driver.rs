@@ -337,6 +337,11 @@ impl Driver {
     }
 }
 
+/// The error kind for a frame a client did not expect from `from`.
+fn unexpected(from: &str, ty: MessageType) -> String {
+    format!("unexpected_frame_from_{from}: {}", ty.name())
+}
+
 impl Handler for Driver {
     type Mail = Control;
 
@@ -349,7 +354,7 @@ impl Handler for Driver {
         }
     }
 
-    fn on_welcome(&mut self, cx: &mut Ctx<Control>, conn: ConnId, _w: &Welcome) {
+    fn on_welcome(&mut self, cx: &mut Ctx<Control>, conn: ConnId, w: &Welcome) {
         match self.roles.get(&conn) {
             Some(&Role::Director(local)) => {
                 let c = &self.clients[local];
@@ -361,6 +366,17 @@ impl Handler for Driver {
                 cx.send_msg(conn, &m);
             }
             Some(&Role::Contextd(local)) => {
+                let max = w.limits.max_text_len as usize;
+                if self.cfg.message_size > max {
+                    // Every Say would be refused (TEXT_TOO_LONG): stay out, once.
+                    self.shared.error(&format!(
+                        "message_size_over_server_limit: {} bytes > max_text_len {max}",
+                        self.cfg.message_size
+                    ));
+                    self.clients[local].phase = Phase::Done;
+                    cx.close(conn, CloseReason::Application(None));
+                    return;
+                }
                 let c = &mut self.clients[local];
                 let m = Enter {
                     context: c.context.clone(),
@@ -385,7 +401,8 @@ impl Handler for Driver {
                     self.shared.error("reenter");
                     cx.close(conn, CloseReason::Application(None));
                 }
-                _ => self.shared.error("unexpected_frame_from_contextd"),
+                Ok(other) => self.shared.error(&unexpected("contextd", other)),
+                Err(e) => self.shared.error(&format!("bad_frame_from_contextd: {e}")),
             },
             Some(Role::Director(local)) => match frame.decode() {
                 Ok(Message::Redirect(r)) => self.on_redirect(cx, conn, local, r),
@@ -403,7 +420,10 @@ impl Handler for Driver {
                         self.clients[local].phase = Phase::Done;
                     }
                 }
-                _ => self.shared.error("unexpected_frame_from_director"),
+                Ok(other) => self
+                    .shared
+                    .error(&unexpected("director", other.message_type())),
+                Err(e) => self.shared.error(&format!("bad_frame_from_director: {e}")),
             },
             None => {}
         }

@@ -1,12 +1,14 @@
 //! `elko-loadgen`: see `elko-loadgen chat --help`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use elko_loadgen::generator::{worker_main, TargetKind};
 use elko_loadgen::procs::{default_bin_dir, MetricsUrl};
 use elko_loadgen::repeat::summarize;
 use elko_loadgen::report::{comparison, ratios, svg, Report};
 use elko_loadgen::run::{run, ServerProc, Target};
-use elko_loadgen::scenario::{Preset, Scenario};
+use elko_loadgen::scenario::{
+    parse_count, parse_interval, parse_message_size, parse_period, parse_ramp, Preset, Scenario,
+};
 use elko_loadgen::threshold::Threshold;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,41 +40,41 @@ struct ChatArgs {
     #[arg(long, value_enum, default_value = "sun2002")]
     preset: Preset,
     /// Simulated clients.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count)]
     clients: Option<usize>,
     /// Rooms (contexts); clients are spread evenly.
-    #[arg(long, conflicts_with = "fanout")]
+    #[arg(long, conflicts_with = "fanout", value_parser = parse_count)]
     rooms: Option<usize>,
     /// Clients per room (instead of --rooms).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count)]
     fanout: Option<usize>,
-    /// Mean seconds between one client's utterances (Poisson).
-    #[arg(long)]
-    interval: Option<f64>,
-    /// Steady-state seconds (measured).
-    #[arg(long)]
-    duration: Option<f64>,
+    /// Mean seconds between one client's utterances (Poisson; at least 0.001).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_interval)]
+    interval: Option<Duration>,
+    /// Steady-state seconds (measured; at least 1).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_period)]
+    duration: Option<Duration>,
     /// Seconds over which clients connect (not measured).
-    #[arg(long)]
-    ramp: Option<f64>,
-    /// Utterance size in bytes (at least 16).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_ramp)]
+    ramp: Option<Duration>,
+    /// Utterance size in bytes (at least 56, the header receivers read).
+    #[arg(long, value_parser = parse_message_size)]
     message_size: Option<usize>,
     /// Random seed (utterance schedule).
     #[arg(long)]
     seed: Option<u64>,
     /// Event loops of the started contextd [default: one per core]. On a 2-core machine shared
     /// with the generator, `--workers 1` gives lower latency at high rates (see loadgen/RESULTS.md).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count)]
     workers: Option<usize>,
     /// Context servers to start.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count)]
     contextds: Option<usize>,
     /// Event loops per generator process.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count)]
     gen_loops: Option<usize>,
     /// Generator processes (default: as few as the descriptor limit allows).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_count)]
     gen_procs: Option<usize>,
     /// What to drive: Elko, or a peer (Redis pub/sub, NATS core) on the same workload.
     #[arg(long, value_enum, default_value = "elko")]
@@ -83,9 +85,9 @@ struct ChatArgs {
     /// Also run these peers on the same scenario and print them side by side: 'redis,nats'.
     #[arg(long, value_delimiter = ',', value_enum)]
     compare: Vec<TargetKind>,
-    /// For --preset max: seconds per rate step.
-    #[arg(long)]
-    step: Option<f64>,
+    /// For --preset max: seconds per rate step (at least 1).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_period)]
+    step: Option<Duration>,
     /// Drive an existing cluster through this director instead of starting one.
     #[arg(long)]
     director: Option<SocketAddr>,
@@ -126,49 +128,44 @@ struct ChatArgs {
     repeat: u32,
 }
 
-fn scenario(a: &ChatArgs) -> Scenario {
+/// The preset with the knobs given over it. Each knob was checked as it was
+/// parsed; what is left is how they fit together.
+fn scenario(a: &ChatArgs) -> Result<Scenario, String> {
     let mut s = Scenario::preset(a.preset);
-    let secs = |v: f64| Duration::from_secs_f64(v.max(0.0));
-    if let Some(v) = a.clients {
-        s.clients = v.max(1);
+    let set = |slot: &mut usize, v: Option<usize>| *slot = v.unwrap_or(*slot);
+    set(&mut s.clients, a.clients);
+    set(&mut s.message_size, a.message_size);
+    set(&mut s.workers, a.workers);
+    set(&mut s.contextds, a.contextds);
+    set(&mut s.gen_loops, a.gen_loops);
+    set(&mut s.gen_procs, a.gen_procs);
+    set(&mut s.rooms, a.rooms);
+    if let Some(f) = a.fanout {
+        if f > s.clients {
+            return Err(format!(
+                "--fanout {f} is more than the {} clients",
+                s.clients
+            ));
+        }
+        s.rooms = s.clients.div_ceil(f);
     }
-    if let Some(v) = a.rooms {
-        s.rooms = v.max(1);
-    } else if let Some(f) = a.fanout {
-        s.rooms = s.clients.div_ceil(f.max(1));
+    if s.rooms > s.clients {
+        let whose = if a.rooms.is_some() {
+            "--rooms"
+        } else {
+            "the preset's"
+        };
+        return Err(format!(
+            "{} rooms ({whose}) need at least as many clients, one each, and there are {} (set --clients, --rooms or --fanout)",
+            s.rooms, s.clients
+        ));
     }
-    s.rooms = s.rooms.min(s.clients);
-    if let Some(v) = a.interval {
-        s.interval = secs(v).max(Duration::from_millis(1));
-    }
-    if let Some(v) = a.duration {
-        s.duration = secs(v).max(Duration::from_secs(1));
-    }
-    if let Some(v) = a.ramp {
-        s.ramp = secs(v);
-    }
-    if let Some(v) = a.message_size {
-        s.message_size = v.max(elko_loadgen::payload::HEADER_LEN);
-    }
-    if let Some(v) = a.seed {
-        s.seed = v;
-    }
-    if let Some(v) = a.workers {
-        s.workers = v;
-    }
-    if let Some(v) = a.contextds {
-        s.contextds = v.max(1);
-    }
-    if let Some(v) = a.gen_loops {
-        s.gen_loops = v.max(1);
-    }
-    if let Some(v) = a.gen_procs {
-        s.gen_procs = v.max(1);
-    }
-    if let Some(v) = a.step {
-        s.step = secs(v).max(Duration::from_secs(1));
-    }
-    s
+    s.interval = a.interval.unwrap_or(s.interval);
+    s.duration = a.duration.unwrap_or(s.duration);
+    s.ramp = a.ramp.unwrap_or(s.ramp);
+    s.step = a.step.unwrap_or(s.step);
+    s.seed = a.seed.unwrap_or(s.seed);
+    Ok(s)
 }
 
 fn target_of(a: &ChatArgs, kind: TargetKind) -> Target {
@@ -214,7 +211,11 @@ fn main() {
         Cmd::Worker { spec } => std::process::exit(worker_main(&spec)),
         Cmd::Chat(args) => *args,
     };
-    let s = scenario(&args);
+    let s = scenario(&args).unwrap_or_else(|e| {
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, e)
+            .exit()
+    });
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {

@@ -102,13 +102,28 @@ pub enum RunError {
     #[error("--server-metrics {0}: no process_cpu_seconds_total there (is the server's --admin-listen at that address?)")]
     NoMetrics(MetricsUrl),
     #[error(
-        "none of the {clients} clients got into its room by the end of the ramp, so there is nothing to measure; is {kind} listening at {addr}? errors: {errors}"
+        "none of the {clients} clients got into its room by the end of the ramp, so there is nothing to measure{hint}; errors: {errors}"
     )]
     NobodyEntered {
         clients: usize,
-        kind: &'static str,
-        addr: SocketAddr,
+        /// Where to look, when the errors do not say.
+        hint: String,
         errors: String,
+    },
+    #[error(
+        "every client had been dropped from its room {at_s} s into the run (at most {peak} of {clients} were in at once), so there is nothing more to measure; errors: {errors}"
+    )]
+    AllGone {
+        peak: i64,
+        clients: usize,
+        at_s: u64,
+        errors: String,
+    },
+    #[error("cannot connect to {what} at {addr}: {source}")]
+    Unreachable {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
     },
 }
 
@@ -133,6 +148,8 @@ pub fn interrupted() -> bool {
 const SETTLE: Duration = Duration::from_secs(2);
 /// How long the drain waits for the last deliveries.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long a running server has to accept a first connection.
+const CONNECT_PROBE: Duration = Duration::from_secs(3);
 
 /// The servers of a run: started by it (stopped in order when it ends), or
 /// running already (measured if the user named their processes).
@@ -242,26 +259,35 @@ pub fn run(s: &Scenario, target: Target, exe: &Path) -> Result<Report, RunError>
             let a = c.client_addr;
             (Servers::Elko(c), a)
         }
-        Target::Director(a, pids) => (existing(pids)?, a),
+        Target::Director(a, pids) => (existing("the director", a, pids)?, a),
         Target::LocalPeer(k) => {
             let p = PeerServer::start(k.name())?;
             let a = p.addr;
             (Servers::Peer(p), a)
         }
-        Target::Peer(_, a, pids) => (existing(pids)?, a),
+        Target::Peer(k, a, pids) => (existing(k.name(), a, pids)?, a),
     };
     let result = drive(s, kind, addr, &servers, exe);
     servers.stop();
     result
 }
 
-/// Servers already running, with these processes to measure (each must
-/// answer now).
-fn existing(procs: Vec<ServerProc>) -> Result<Servers, RunError> {
+/// Servers already running at `addr` (`what` is there), with these
+/// processes to measure: the address and each process must answer now, so
+/// that a typo is a clear error and not a ramp of refused connections.
+fn existing(
+    what: &'static str,
+    addr: SocketAddr,
+    procs: Vec<ServerProc>,
+) -> Result<Servers, RunError> {
     match procs.iter().find(|p| p.sample().is_none()) {
-        Some(ServerProc::Pid(p)) => Err(RunError::NoProcess(*p)),
-        Some(ServerProc::Metrics(u)) => Err(RunError::NoMetrics(u.clone())),
-        None => Ok(Servers::Existing(procs)),
+        Some(ServerProc::Pid(p)) => return Err(RunError::NoProcess(*p)),
+        Some(ServerProc::Metrics(u)) => return Err(RunError::NoMetrics(u.clone())),
+        None => {}
+    }
+    match std::net::TcpStream::connect_timeout(&addr, CONNECT_PROBE) {
+        Ok(_) => Ok(Servers::Existing(procs)),
+        Err(source) => Err(RunError::Unreachable { what, addr, source }),
     }
 }
 
@@ -326,7 +352,10 @@ fn drive(
     let window_end = Duration::from_micros(window.end_us);
     let mut drain_started: Option<Instant> = None;
     let mut was_interrupted = false;
-    let mut nobody_entered = false;
+    // Set when nobody is left in a room during the steady state: the most
+    // that ever were, and when.
+    let mut emptied: Option<(i64, Duration)> = None;
+    let mut peak_connected = 0i64;
     let mut interval_log = IntervalLog::new(SystemTime::now() - epoch.elapsed());
     let mut tick = epoch + Duration::from_secs(1);
     let mut last_t = Duration::ZERO;
@@ -380,8 +409,9 @@ fn drive(
             was_interrupted = true;
             break;
         }
+        peak_connected = peak_connected.max(c.connected);
         if steady && c.connected <= 0 {
-            nobody_entered = true;
+            emptied = Some((peak_connected, t));
             break;
         }
         if mid >= window_end {
@@ -412,7 +442,8 @@ fn drive(
         }
     }
     errors.retain(|_, v| *v > 0);
-    if nobody_entered {
+    if let Some((peak, t)) = emptied {
+        let unexplained = errors.is_empty() || errors.keys().any(|k| k.contains("connect"));
         let errors = if errors.is_empty() {
             "none counted".to_string()
         } else {
@@ -422,11 +453,23 @@ fn drive(
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        return Err(RunError::NobodyEntered {
-            clients: s.clients,
-            kind: kind.name(),
-            addr,
-            errors,
+        return Err(if peak <= 0 {
+            RunError::NobodyEntered {
+                clients: s.clients,
+                hint: if unexplained {
+                    format!(" (is {} answering at {addr}?)", kind.name())
+                } else {
+                    String::new()
+                },
+                errors,
+            }
+        } else {
+            RunError::AllGone {
+                peak,
+                clients: s.clients,
+                at_s: t.as_secs(),
+                errors,
+            }
         });
     }
 

@@ -167,6 +167,80 @@ impl Scenario {
     }
 }
 
+/// The longest any phase of a run may be (a week): every run ends by itself.
+pub const MAX_PHASE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The largest utterance the generator will send: the protocol's frame
+/// ceiling. An Elko server's own limit (`Welcome.limits.max_text_len`) is
+/// checked when each client connects.
+pub const MAX_MESSAGE_SIZE: usize = elko_protocol::MAX_FRAME_CEILING as usize;
+
+// Command-line values, checked as they are parsed so that a bad knob is
+// refused with a reason instead of being clamped into a different run.
+
+/// A count (`--clients`, `--rooms`, `--workers`, ...): a whole number, at least 1.
+pub fn parse_count(v: &str) -> Result<usize, String> {
+    match v.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a whole number ({e})")),
+    }
+}
+
+/// Seconds (fractions allowed) from `min` up to [`MAX_PHASE`].
+fn parse_secs(v: &str, min: Duration) -> Result<Duration, String> {
+    let x: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| "not a number of seconds".to_string())?;
+    if x.is_nan() || x < 0.0 {
+        return Err("must be a number of seconds, not negative".into());
+    }
+    let max = MAX_PHASE.as_secs_f64();
+    if x > max {
+        return Err(format!(
+            "at most {max} s (a week): every run ends by itself"
+        ));
+    }
+    let d = Duration::from_secs_f64(x);
+    if d < min {
+        return Err(format!("at least {} s", min.as_secs_f64()));
+    }
+    Ok(d)
+}
+
+/// `--interval`: at least 1 ms.
+pub fn parse_interval(v: &str) -> Result<Duration, String> {
+    parse_secs(v, Duration::from_millis(1))
+}
+
+/// `--duration` and `--step`: at least 1 s (figures are taken per second).
+pub fn parse_period(v: &str) -> Result<Duration, String> {
+    parse_secs(v, Duration::from_secs(1))
+}
+
+/// `--ramp`: zero (everyone at once) or more.
+pub fn parse_ramp(v: &str) -> Result<Duration, String> {
+    parse_secs(v, Duration::ZERO)
+}
+
+/// `--message-size`: from the payload header's length to [`MAX_MESSAGE_SIZE`].
+pub fn parse_message_size(v: &str) -> Result<usize, String> {
+    let n = parse_count(v)?;
+    let min = crate::payload::HEADER_LEN;
+    if n < min {
+        return Err(format!(
+            "at least {min} bytes (the header receivers read the send time from)"
+        ));
+    }
+    if n > MAX_MESSAGE_SIZE {
+        return Err(format!(
+            "at most {MAX_MESSAGE_SIZE} bytes (the protocol's frame ceiling)"
+        ));
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +307,38 @@ mod tests {
         };
         // rooms of 4, 3, 3: 16 + 9 + 9
         assert_eq!(s.target_deliveries_per_s(), 34.0);
+    }
+
+    #[test]
+    fn bad_knobs_are_refused_with_a_reason() {
+        assert_eq!(parse_count("40"), Ok(40));
+        assert_eq!(parse_count("0"), Err("must be at least 1".into()));
+        assert!(parse_count("-3").unwrap_err().contains("whole number"));
+        assert!(parse_count("4.5").unwrap_err().contains("whole number"));
+
+        assert_eq!(parse_interval("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_interval("0"), Err("at least 0.001 s".into()));
+        for bad in ["-1", "nan", "NaN"] {
+            assert!(
+                parse_interval(bad).unwrap_err().contains("not negative"),
+                "{bad}"
+            );
+        }
+        for big in ["inf", "1e300", "604801"] {
+            assert!(parse_period(big).unwrap_err().contains("a week"), "{big}");
+        }
+        assert!(parse_period("1e").unwrap_err().contains("not a number"));
+        assert_eq!(parse_period("0.5"), Err("at least 1 s".into()));
+        assert_eq!(parse_period("604800"), Ok(MAX_PHASE));
+        assert_eq!(parse_ramp("0"), Ok(Duration::ZERO));
+
+        assert_eq!(parse_message_size("64"), Ok(64));
+        assert!(parse_message_size("16")
+            .unwrap_err()
+            .contains("at least 56"));
+        assert!(parse_message_size("100000000")
+            .unwrap_err()
+            .contains("frame ceiling"));
     }
 }

@@ -187,40 +187,96 @@ fn a_breached_threshold_fails_the_run_and_a_bad_one_is_refused() {
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }
 
+/// Runs elko-loadgen with `args`; returns its exit code and stderr.
+fn loadgen_fails(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
+        .args(args)
+        .output()
+        .expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
-fn a_cluster_nobody_can_reach_fails_the_run_with_the_reason() {
-    // A port nothing listens on: every client's connect is refused.
+fn a_cluster_nobody_can_reach_fails_the_run_at_once_with_the_reason() {
+    // A port nothing listens on: refused before any client is started.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
     let director = format!("127.0.0.1:{port}");
     let started = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
-        .args([
-            "chat",
-            "--clients",
-            "10",
-            "--rooms",
-            "2",
-            "--duration",
-            "30",
-        ])
-        .args(["--ramp", "0.5", "--director", &director])
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = loadgen_fails(&["chat", "--ramp", "5", "--director", &director]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("none of the 10 clients got into its room")
-            && stderr.contains(&director)
-            && stderr.contains("connect_failed"),
+        stderr.contains(&format!("cannot connect to the director at {director}")),
         "{stderr}"
     );
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(20),
-        "gave up at the end of the ramp, not after the 30 s steady state"
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "refused at once, not at the end of the ramp"
     );
+}
+
+#[test]
+fn utterances_over_the_servers_limit_fail_the_run_with_the_reason() {
+    // The server announces max_text_len 16384 (the default) in its Welcome:
+    // no client enters, and the run says why instead of losing every Say.
+    let dir = bin_dir();
+    ensure_servers(&dir);
+    let dir = dir.to_str().expect("utf-8 path");
+    let (code, stderr) = loadgen_fails(&[
+        "chat",
+        "--clients",
+        "10",
+        "--rooms",
+        "2",
+        "--duration",
+        "30",
+        "--ramp",
+        "0.5",
+        "--message-size",
+        "20000",
+        "--bin-dir",
+        dir,
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("none of the 10 clients got into its room")
+            && stderr
+                .contains("message_size_over_server_limit: 20000 bytes > max_text_len 16384 x10")
+            && !stderr.contains("answering at"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn knobs_that_make_no_run_are_refused_before_anything_starts() {
+    for (args, why) in [
+        (&["--clients", "0"][..], "must be at least 1"),
+        (&["--interval", "0"], "at least 0.001 s"),
+        (&["--interval", "-2"], "not negative"),
+        (&["--duration", "inf"], "a week"),
+        (&["--message-size", "8"], "at least 56 bytes"),
+        (&["--workers", "0"], "must be at least 1"),
+        (
+            &["--clients", "10", "--rooms", "20"],
+            "20 rooms (--rooms) need",
+        ),
+        (&["--clients", "10"], "200 rooms (the preset's) need"),
+        (
+            &["--clients", "10", "--fanout", "40"],
+            "--fanout 40 is more than the 10 clients",
+        ),
+    ] {
+        let mut all = vec!["chat"];
+        all.extend_from_slice(args);
+        let (code, stderr) = loadgen_fails(&all);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
 }
 
 /// The interval log parses with HdrHistogram's own reader, every interval is
