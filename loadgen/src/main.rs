@@ -9,7 +9,7 @@ use elko_loadgen::run::{run, ServerProc, Target};
 use elko_loadgen::scenario::{
     parse_count, parse_interval, parse_message_size, parse_period, parse_ramp, Preset, Scenario,
 };
-use elko_loadgen::threshold::Threshold;
+use elko_loadgen::threshold::{median_of, reports_of, Threshold};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -117,10 +117,15 @@ struct ChatArgs {
     /// Tag per target), for HistogramLogProcessor, HistogramLogAnalyzer and the like.
     #[arg(long)]
     hlog: Option<PathBuf>,
-    /// A limit; a breach makes the exit status 1. Repeatable: 'p99<5ms', 'loss<=0', 'cpu<5'.
-    /// With --repeat, every round is judged.
+    /// A limit; a breach makes the exit status 1. Repeatable: 'p99<5ms', 'loss<=0', 'cpu<5',
+    /// 'dup<=0', 'ooo<=0', 'cpu_per_delivery<10us', 'rate>=300k', 'mem_per_client<2KiB';
+    /// relative to --baseline: 'p99<+10%', 'rate>=-5%'. With --repeat, every round is judged.
     #[arg(long)]
     threshold: Vec<Threshold>,
+    /// An earlier run's --json, for relative thresholds ('p99<+10%': at most 10 % above its
+    /// p99; the median when it holds several rounds).
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
     /// Run the whole scenario (every target, in turn) this many times and report the median
     /// and range of each figure and ratio. JSON then holds every round; CSV and the plot the
     /// first.
@@ -211,11 +216,7 @@ fn main() {
         Cmd::Worker { spec } => std::process::exit(worker_main(&spec)),
         Cmd::Chat(args) => *args,
     };
-    let s = scenario(&args).unwrap_or_else(|e| {
-        Cli::command()
-            .error(clap::error::ErrorKind::ArgumentConflict, e)
-            .exit()
-    });
+    let s = scenario(&args).unwrap_or_else(|e| usage_error(e));
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -244,6 +245,7 @@ fn main() {
         );
         std::process::exit(2);
     }
+    let baseline = load_baseline(&args, kinds[0]);
     eprintln!(
         "elko-loadgen: {} clients in {} rooms, one utterance per {:.2} s each (target {:.0} deliveries/s), ramp {:.0} s, steady {:.0} s, {} generator process(es); target {}",
         s.clients,
@@ -257,7 +259,7 @@ fn main() {
     );
     let (rounds, failed) = run_rounds(&args, &s, &kinds, &exe);
     write_outputs(&args, &kinds, &rounds);
-    let breached = judge(&args.threshold, &rounds, kinds[0]);
+    let breached = judge(&args.threshold, &baseline, &rounds, kinds[0]);
     if failed > 0 {
         eprintln!(
             "elko-loadgen: {failed} of {} runs failed",
@@ -375,29 +377,87 @@ fn write_outputs(args: &ChatArgs, kinds: &[TargetKind], rounds: &[Vec<Report>]) 
     }
 }
 
-/// Judge every threshold on every round's first target; true if any is breached.
-fn judge(thresholds: &[Threshold], rounds: &[Vec<Report>], first: TargetKind) -> bool {
+/// Judge every threshold on every round's first target; true if any is
+/// breached (a figure the report lacks is a breach: the gate cannot pass).
+fn judge(
+    thresholds: &[Threshold],
+    baseline: &[serde_json::Value],
+    rounds: &[Vec<Report>],
+    first: TargetKind,
+) -> bool {
+    let baseline: Vec<&serde_json::Value> = baseline.iter().collect();
     let mut breached = false;
-    for t in thresholds {
-        for (i, round) in rounds.iter().enumerate() {
-            let r = &round[0];
-            if r.target != first.name() {
-                continue; // this round's first target failed
-            }
-            let ok = t.holds(r);
-            let which = if rounds.len() > 1 {
-                format!("{}, round {}", r.target, i + 1)
-            } else {
-                r.target.clone()
+    for (i, round) in rounds.iter().enumerate() {
+        let r = &round[0];
+        if r.target != first.name() {
+            continue; // this round's first target failed
+        }
+        let json = serde_json::to_value(r).unwrap_or_default();
+        let which = if rounds.len() > 1 {
+            format!("{}, round {}", r.target, i + 1)
+        } else {
+            r.target.clone()
+        };
+        for t in thresholds {
+            let base = t.is_relative().then(|| median_of(t, &baseline)).flatten();
+            let (value, limit) = (t.measure(&json), t.limit(base));
+            let ok = matches!((value, limit), (Some(v), Some(l)) if t.holds(v, l));
+            let shown =
+                |x: Option<f64>| x.map_or("none".to_string(), |x| format!("{x:.2}{}", t.unit()));
+            let against = match base {
+                Some(b) => format!("baseline {}, limit {}", shown(Some(b)), shown(limit)),
+                None => format!("limit {}", shown(limit)),
             };
             println!(
-                "threshold {:<16} measured {:>12.2} ({which})  {}",
+                "threshold {:<24} measured {:>16} ({which}; {against})  {}",
                 t.text,
-                t.measure(r),
+                shown(value),
                 if ok { "ok" } else { "BREACHED" }
             );
             breached |= !ok;
         }
     }
     breached
+}
+
+/// The `--baseline` reports of the judged target, read before anything runs
+/// (exits with the reason when the file cannot serve).
+fn load_baseline(args: &ChatArgs, judged: TargetKind) -> Vec<serde_json::Value> {
+    let relative = args.threshold.iter().any(Threshold::is_relative);
+    let Some(path) = &args.baseline else {
+        if relative {
+            usage_error("a relative threshold (+N% / -N%) needs --baseline FILE, the JSON of an earlier run".into());
+        }
+        return Vec::new();
+    };
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| usage_error(format!("--baseline {}: {e}", path.display())));
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        usage_error(format!(
+            "--baseline {}: not a report (JSON: {e})",
+            path.display()
+        ))
+    });
+    let reports: Vec<serde_json::Value> = reports_of(&json, judged.name())
+        .into_iter()
+        .cloned()
+        .collect();
+    if reports.is_empty() {
+        usage_error(format!(
+            "--baseline {}: no {} report in it (written by --json of elko-loadgen chat?)",
+            path.display(),
+            judged.name()
+        ));
+    }
+    if !relative {
+        eprintln!("elko-loadgen: --baseline is used only by relative thresholds ('p99<+10%'); none was given");
+    }
+    reports
+}
+
+/// Exit with a usage error (status 2) saying `why`.
+fn usage_error(why: String) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, why)
+        .exit()
 }

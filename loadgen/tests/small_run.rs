@@ -154,37 +154,82 @@ fn two_hundred_clients_ten_rooms_lose_nothing() {
 fn a_breached_threshold_fails_the_run_and_a_bad_one_is_refused() {
     let dir = bin_dir();
     ensure_servers(&dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
-        .args([
-            "chat",
-            "--clients",
-            "20",
-            "--rooms",
-            "2",
-            "--interval",
-            "0.2",
-            "--duration",
-            "1",
-            "--ramp",
-            "0.5",
-        ])
-        .arg("--bin-dir")
-        .arg(&dir)
-        .args(["--threshold", "p50<1us"])
-        .output()
-        .expect("run");
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let base = std::env::temp_dir().join(format!("elko-loadgen-base-{}.json", std::process::id()));
+    let tiny = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
+            .args([
+                "chat",
+                "--clients",
+                "20",
+                "--rooms",
+                "2",
+                "--interval",
+                "0.2",
+            ])
+            .args(["--duration", "1", "--ramp", "0.5", "--bin-dir"])
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .expect("run")
+    };
+    let out = tiny(
+        &["--threshold", "p50<1us", "--threshold", "dup<=0", "--json"]
+            .iter()
+            .copied()
+            .chain([base.to_str().expect("utf-8")])
+            .collect::<Vec<_>>(),
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("BREACHED"));
-    let out = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
-        .args(["chat", "--threshold", "p99>5ms"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("p50<1us") && stdout.contains("BREACHED"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("dup<=0") && l.ends_with("ok")),
+        "{stdout}"
+    );
+
+    // Relative to that run: the same rate within +/-50 % holds; 50 % more
+    // than it does not; latency is judged against the baseline's own.
+    let out = tiny(&[
+        "--baseline",
+        base.to_str().expect("utf-8"),
+        "--threshold",
+        "rate>=-50%",
+        "--threshold",
+        "rate>=+50%",
+        "--threshold",
+        "p99<+100000%",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let verdict = |t: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("threshold {t} ")))
+            .unwrap_or_else(|| panic!("no line for {t}: {stdout}"))
+            .to_string()
+    };
+    assert!(verdict("rate>=-50%").ends_with("ok"), "{stdout}");
+    assert!(verdict("rate>=+50%").ends_with("BREACHED"), "{stdout}");
+    assert!(verdict("p99<+100000%").contains("baseline"), "{stdout}");
+    assert!(verdict("p99<+100000%").ends_with("ok"), "{stdout}");
+
+    // Refused before anything runs: a bad limit, a relative one with no
+    // baseline, a baseline without the judged target.
+    let (code, _) = loadgen_fails(&["chat", "--threshold", "p99>5"]);
+    assert_eq!(code, Some(2), "clap usage error");
+    let (code, stderr) = loadgen_fails(&["chat", "--threshold", "p99<+10%"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("needs --baseline"), "{stderr}");
+    let b = base.to_str().expect("utf-8");
+    let (code, stderr) = loadgen_fails(&["chat", "--target", "redis", "--baseline", b]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no redis report"), "{stderr}");
+    let _ = std::fs::remove_file(&base);
 }
 
 /// Runs elko-loadgen with `args`; returns its exit code and stderr.
