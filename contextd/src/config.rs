@@ -72,6 +72,14 @@ pub struct Args {
     /// Most connections per event loop [default: 100000].
     #[arg(long, env = "ELKO_MAX_CONNECTIONS_PER_LOOP")]
     pub max_connections_per_loop: Option<usize>,
+    /// Ping a client after this long without hearing from it, ms (announced in Welcome)
+    /// [default: 15000].
+    #[arg(long, env = "ELKO_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Close a connection after this long without hearing from it, ms (announced in
+    /// Welcome; more than the heartbeat) [default: 60000].
+    #[arg(long, env = "ELKO_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
     /// Graceful shutdown: how long to flush before closing, ms [default: 2000].
     #[arg(long, env = "ELKO_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -96,6 +104,8 @@ pub enum ConfigError {
     },
     #[error("--workers {0:?}: give a number of loops (1 or more) or `auto`")]
     Workers(String),
+    #[error("--heartbeat-ms / --idle-timeout-ms: {0}")]
+    Heartbeat(String),
 }
 
 /// The resolved configuration.
@@ -118,6 +128,10 @@ pub struct Config {
     pub entry_wait: Duration,
     pub disk_threads: usize,
     pub max_connections_per_loop: usize,
+    /// Ping after this long without hearing from the peer.
+    pub heartbeat: Duration,
+    /// Close after this long without hearing from the peer.
+    pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
     /// The operator endpoint's address, if it is on.
     pub admin_listen: Option<SocketAddr>,
@@ -149,6 +163,8 @@ impl Args {
             entry_wait_ms,
             disk_threads,
             max_connections_per_loop,
+            heartbeat_ms,
+            idle_timeout_ms,
             shutdown_grace_ms,
             admin_listen
         );
@@ -186,6 +202,10 @@ impl Config {
             },
         };
         let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
+        let mut limits = elko_engine::Limits::default();
+        limits
+            .set_heartbeat(a.heartbeat_ms, a.idle_timeout_ms)
+            .map_err(ConfigError::Heartbeat)?;
         Ok(Config {
             listen: a
                 .listen
@@ -211,6 +231,8 @@ impl Config {
             entry_wait: ms(a.entry_wait_ms, 10_000),
             disk_threads: a.disk_threads.unwrap_or(2).max(1),
             max_connections_per_loop: a.max_connections_per_loop.unwrap_or(100_000),
+            heartbeat: limits.heartbeat,
+            idle_timeout: limits.idle_timeout,
             shutdown_grace: ms(a.shutdown_grace_ms, 2_000),
             admin_listen: a.admin_listen,
         })
@@ -277,5 +299,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Config::resolve(a).expect("auto").workers, 0);
+    }
+
+    #[test]
+    fn heartbeat_and_idle_timeout_reach_the_config_or_are_refused() {
+        let a = Args {
+            heartbeat_ms: Some(5_000),
+            idle_timeout_ms: Some(20_000),
+            ..Default::default()
+        };
+        let c = Config::resolve(a).expect("a working pair");
+        assert_eq!(
+            (c.heartbeat, c.idle_timeout),
+            (Duration::from_secs(5), Duration::from_secs(20))
+        );
+        let c = Config::resolve(Args::default()).expect("defaults");
+        assert_eq!(
+            (c.heartbeat, c.idle_timeout),
+            (Duration::from_secs(15), Duration::from_secs(60))
+        );
+        let a = Args {
+            heartbeat_ms: Some(90_000),
+            ..Default::default()
+        };
+        let e = Config::resolve(a).expect_err("idle timeout under the heartbeat");
+        assert!(e.to_string().contains("more than the heartbeat"), "{e}");
     }
 }

@@ -75,6 +75,8 @@ impl Server {
             ),
             limits: Limits {
                 max_connections_per_loop: cfg.max_connections_per_loop,
+                heartbeat: cfg.heartbeat,
+                idle_timeout: cfg.idle_timeout,
                 ..Limits::default()
             },
             ..EngineConfig::default()

@@ -33,6 +33,8 @@ dashes, kebab-case); unknown keys are refused. Example:
     token-ttl-ms = 30000
     report-interval-ms = 1000
     dead-after-reports = 3
+    heartbeat-ms = 15000
+    idle-timeout-ms = 60000
     admin-listen = \"127.0.0.1:7702\"
 
 Cluster secret: --secret-file (or ELKO_SECRET_FILE), else the secret itself in
@@ -82,6 +84,16 @@ pub struct Cli {
     #[arg(long, env = "ELKO_DEAD_AFTER_REPORTS", value_name = "N")]
     pub dead_after_reports: Option<u32>,
 
+    /// Ping a connection after this long without hearing from it, in milliseconds
+    /// (announced in Welcome) [default: 15000]
+    #[arg(long, env = "ELKO_HEARTBEAT_MS", value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// Close a connection after this long without hearing from it, in milliseconds
+    /// (announced in Welcome; more than the heartbeat) [default: 60000]
+    #[arg(long, env = "ELKO_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+
     /// Address of the operator's HTTP endpoint: GET /metrics (Prometheus), GET /providers,
     /// POST /drain?provider=ID (from loopback only), GET /health [default: off; port 0 picks one]
     #[arg(long, env = "ELKO_ADMIN_LISTEN", value_name = "ADDR")]
@@ -103,6 +115,8 @@ pub struct FileConfig {
     pub token_ttl_ms: Option<u64>,
     pub report_interval_ms: Option<u64>,
     pub dead_after_reports: Option<u32>,
+    pub heartbeat_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
     pub admin_listen: Option<SocketAddr>,
 }
 
@@ -119,6 +133,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
+    #[error("heartbeat-ms / idle-timeout-ms: {0}")]
+    Heartbeat(String),
     #[error("{key} = {value}: {reason}")]
     Invalid {
         key: &'static str,
@@ -151,6 +167,10 @@ pub struct Settings {
     pub token_ttl_ms: u64,
     pub report_interval: Duration,
     pub dead_after_reports: u32,
+    /// Ping after this long without hearing from the peer.
+    pub heartbeat: Duration,
+    /// Close after this long without hearing from the peer.
+    pub idle_timeout: Duration,
     /// The operator endpoint's address, if it is on.
     pub admin_listen: Option<SocketAddr>,
 }
@@ -203,6 +223,13 @@ impl Settings {
             .director_id
             .or(file.director_id)
             .unwrap_or_else(|| format!("director-{}", std::process::id()));
+        let mut limits = elko_engine::Limits::default();
+        limits
+            .set_heartbeat(
+                cli.heartbeat_ms.or(file.heartbeat_ms),
+                cli.idle_timeout_ms.or(file.idle_timeout_ms),
+            )
+            .map_err(ConfigError::Heartbeat)?;
         let s = Settings {
             client_listen,
             provider_listen,
@@ -222,6 +249,8 @@ impl Settings {
                 .dead_after_reports
                 .or(file.dead_after_reports)
                 .unwrap_or(DEFAULT_DEAD_AFTER_REPORTS),
+            heartbeat: limits.heartbeat,
+            idle_timeout: limits.idle_timeout,
             admin_listen: cli.admin_listen.or(file.admin_listen),
         };
         s.check()?;
@@ -287,6 +316,8 @@ mod tests {
         "ELKO_TOKEN_TTL_MS",
         "ELKO_REPORT_INTERVAL_MS",
         "ELKO_DEAD_AFTER_REPORTS",
+        "ELKO_HEARTBEAT_MS",
+        "ELKO_IDLE_TIMEOUT_MS",
         "ELKO_CONFIG",
     ];
 
@@ -308,6 +339,10 @@ mod tests {
         assert_eq!(s.token_ttl_ms, 30_000);
         assert_eq!(s.report_interval, Duration::from_secs(1));
         assert_eq!(s.dead_after_reports, 3);
+        assert_eq!(
+            (s.heartbeat, s.idle_timeout),
+            (Duration::from_secs(15), Duration::from_secs(60))
+        );
         assert_eq!(s.secret_source(None), SecretSource::Development);
     }
 
@@ -319,6 +354,15 @@ mod tests {
              report-interval-ms = 100\ndead-after-reports = 4\n",
         );
         assert_eq!(f.dead_after_reports, Some(4));
+        let s = Settings::merge(
+            Cli::default(),
+            file("heartbeat-ms = 4000\nidle-timeout-ms = 9000\n"),
+        )
+        .expect("a working pair");
+        assert_eq!(
+            (s.heartbeat, s.idle_timeout),
+            (Duration::from_secs(4), Duration::from_secs(9))
+        );
         let e = FileConfig::parse("token-ttl = 5\n", Path::new("x.toml"))
             .expect_err("unknown key")
             .to_string();
@@ -337,6 +381,11 @@ mod tests {
             ("report-interval-ms = 1", "report-interval-ms"),
             ("dead-after-reports = 0", "dead-after-reports"),
             ("director-id = \"\"", "director-id"),
+            ("heartbeat-ms = 100", "heartbeat-ms"),
+            (
+                "heartbeat-ms = 5000\nidle-timeout-ms = 5000",
+                "heartbeat-ms",
+            ),
         ] {
             let e = Settings::merge(Cli::default(), file(text)).expect_err(text);
             assert!(e.to_string().starts_with(key), "{e}");

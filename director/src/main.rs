@@ -12,7 +12,7 @@ use elko_cluster::ClusterSecret;
 use elko_director::config::{Cli, SecretSource, Settings};
 use elko_director::directory::{Directory, DirectoryConfig};
 use elko_director::server::DirectorHandler;
-use elko_engine::{AcceptMode, Engine, EngineConfig};
+use elko_engine::{AcceptMode, Engine, EngineConfig, Limits};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::io::Write;
@@ -78,6 +78,11 @@ fn main() -> ExitCode {
         // fail to bind rather than silently share the port.
         accept_mode: AcceptMode::Single,
         server_id: settings.director_id.clone(),
+        limits: Limits {
+            heartbeat: settings.heartbeat,
+            idle_timeout: settings.idle_timeout,
+            ..Limits::default()
+        },
         ..EngineConfig::default()
     };
     let max_id_len = engine_cfg.limits.max_id_len;

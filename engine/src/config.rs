@@ -68,6 +68,39 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Set the heartbeat and the idle timeout an operator asked for, in
+    /// milliseconds (`None` keeps the current value). Both are announced in
+    /// Welcome as u32 milliseconds. Refused: a heartbeat under 1 s (the
+    /// sweep runs every 250 ms), and an idle timeout not above the heartbeat
+    /// (a quiet peer would be closed before it was asked for a Pong).
+    pub fn set_heartbeat(
+        &mut self,
+        heartbeat_ms: Option<u64>,
+        idle_timeout_ms: Option<u64>,
+    ) -> Result<(), String> {
+        let max = u64::from(u32::MAX);
+        let heartbeat = heartbeat_ms.map_or(self.heartbeat, Duration::from_millis);
+        let idle = idle_timeout_ms.map_or(self.idle_timeout, Duration::from_millis);
+        if heartbeat < Duration::from_secs(1) || heartbeat.as_millis() > u128::from(max) {
+            return Err(format!(
+                "heartbeat {} ms: give 1000 ms to {max} ms",
+                heartbeat.as_millis()
+            ));
+        }
+        if idle <= heartbeat || idle.as_millis() > u128::from(max) {
+            return Err(format!(
+                "idle timeout {} ms: give more than the heartbeat ({} ms; twice it or more lets a peer miss one Ping), at most {max} ms",
+                idle.as_millis(),
+                heartbeat.as_millis()
+            ));
+        }
+        self.heartbeat = heartbeat;
+        self.idle_timeout = idle;
+        Ok(())
+    }
+}
+
 /// Engine configuration.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -113,6 +146,43 @@ impl EngineConfig {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_and_idle_timeout_are_set_together_or_refused() {
+        let mut l = Limits::default();
+        l.set_heartbeat(Some(5_000), None)
+            .expect("under the default idle timeout");
+        assert_eq!(
+            (l.heartbeat, l.idle_timeout),
+            (Duration::from_secs(5), Duration::from_secs(60))
+        );
+        l.set_heartbeat(None, Some(12_000))
+            .expect("above the heartbeat");
+        assert_eq!(l.idle_timeout, Duration::from_secs(12));
+        for (hb, idle, says) in [
+            (Some(500), None, "heartbeat 500 ms"),
+            (Some(20_000), None, "idle timeout 12000 ms"),
+            (None, Some(5_000), "more than the heartbeat"),
+            (None, Some(1 << 40), "at most"),
+        ] {
+            let before = (l.heartbeat, l.idle_timeout);
+            let e = match l.set_heartbeat(hb, idle) {
+                Err(e) => e,
+                Ok(()) => panic!("{hb:?} {idle:?} accepted"),
+            };
+            assert!(e.contains(says), "{e}");
+            assert_eq!(
+                (l.heartbeat, l.idle_timeout),
+                before,
+                "unchanged when refused"
+            );
         }
     }
 }
