@@ -7,7 +7,8 @@ use elko_loadgen::repeat::summarize;
 use elko_loadgen::report::{comparison, ratios, svg, Report};
 use elko_loadgen::run::{run, ServerProc, Target};
 use elko_loadgen::scenario::{
-    parse_count, parse_interval, parse_message_size, parse_period, parse_ramp, Preset, Scenario,
+    parse_count, parse_interval, parse_message_size, parse_period, parse_ramp, parse_rate, Preset,
+    Scenario,
 };
 use elko_loadgen::threshold::{median_of, reports_of, Threshold};
 use std::net::SocketAddr;
@@ -51,6 +52,10 @@ struct ChatArgs {
     /// Mean seconds between one client's utterances (Poisson; at least 0.001).
     #[arg(long, allow_negative_numbers = true, value_parser = parse_interval)]
     interval: Option<Duration>,
+    /// Deliveries per second to ask for, instead of --interval: '160k', '2.5M'. The mean
+    /// interval is set from the clients and rooms.
+    #[arg(long, conflicts_with = "interval", allow_negative_numbers = true, value_parser = parse_rate)]
+    rate: Option<f64>,
     /// Steady-state seconds (measured; at least 1).
     #[arg(long, allow_negative_numbers = true, value_parser = parse_period)]
     duration: Option<Duration>,
@@ -166,6 +171,9 @@ fn scenario(a: &ChatArgs) -> Result<Scenario, String> {
         ));
     }
     s.interval = a.interval.unwrap_or(s.interval);
+    if let Some(r) = a.rate {
+        s.set_rate(r)?;
+    }
     s.duration = a.duration.unwrap_or(s.duration);
     s.ramp = a.ramp.unwrap_or(s.ramp);
     s.step = a.step.unwrap_or(s.step);
@@ -247,10 +255,14 @@ fn main() {
     }
     let baseline = load_baseline(&args, kinds[0]);
     eprintln!(
-        "elko-loadgen: {} clients in {} rooms, one utterance per {:.2} s each (target {:.0} deliveries/s), ramp {:.0} s, steady {:.0} s, {} generator process(es); target {}",
+        "elko-loadgen: {} clients in {} rooms, one utterance per {} each (target {:.0} deliveries/s), ramp {:.0} s, steady {:.0} s, {} generator process(es); target {}",
         s.clients,
         s.rooms,
-        s.interval.as_secs_f64(),
+        if s.interval < Duration::from_secs(1) {
+            format!("{:.2} ms", s.interval.as_secs_f64() * 1e3)
+        } else {
+            format!("{:.2} s", s.interval.as_secs_f64())
+        },
         s.target_deliveries_per_s(),
         s.ramp.as_secs_f64(),
         s.duration.as_secs_f64(),

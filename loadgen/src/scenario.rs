@@ -157,13 +157,38 @@ impl Scenario {
 
     /// Deliveries per second the scenario asks for (every member hears every utterance).
     pub fn target_deliveries_per_s(&self) -> f64 {
-        // Sum over rooms of n_r^2 / interval, with rooms as even as they get.
+        self.deliveries_per_round() / self.interval.as_secs_f64()
+    }
+
+    /// Deliveries when every client speaks once: the sum over rooms of
+    /// n_r^2, with rooms as even as they get.
+    fn deliveries_per_round(&self) -> f64 {
         let (q, r) = (
             self.clients / self.rooms.max(1),
             self.clients % self.rooms.max(1),
         );
-        let sq = (r * (q + 1) * (q + 1) + (self.rooms - r) * q * q) as f64;
-        sq / self.interval.as_secs_f64()
+        (r * (q + 1) * (q + 1) + (self.rooms - r) * q * q) as f64
+    }
+
+    /// Set the mean interval so that the scenario asks for `rate`
+    /// deliveries per second; refused when that needs an interval under
+    /// 1 ms or over [`MAX_PHASE`].
+    pub fn set_rate(&mut self, rate: f64) -> Result<(), String> {
+        let secs = self.deliveries_per_round() / rate;
+        let d = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
+        if d < Duration::from_millis(1) {
+            return Err(format!(
+                "--rate {rate}: each of the {} clients would speak more than 1000 times a second; add clients or rooms' members",
+                self.clients
+            ));
+        }
+        if d > MAX_PHASE {
+            return Err(format!(
+                "--rate {rate}: each client would speak less than once a week"
+            ));
+        }
+        self.interval = d;
+        Ok(())
     }
 }
 
@@ -222,6 +247,23 @@ pub fn parse_period(v: &str) -> Result<Duration, String> {
 /// `--ramp`: zero (everyone at once) or more.
 pub fn parse_ramp(v: &str) -> Result<Duration, String> {
     parse_secs(v, Duration::ZERO)
+}
+
+/// `--rate`: deliveries per second, a positive number, with `k` or `M` for
+/// thousands and millions (`160k`, `2.5M`).
+pub fn parse_rate(v: &str) -> Result<f64, String> {
+    let v = v.trim();
+    let (num, scale) = match v.strip_suffix('k') {
+        Some(n) => (n, 1e3),
+        None => match v.strip_suffix('M') {
+            Some(n) => (n, 1e6),
+            None => (v, 1.0),
+        },
+    };
+    match num.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x * scale),
+        _ => Err("deliveries per second: a positive number, or with k or M (160k, 2.5M)".into()),
+    }
 }
 
 /// `--message-size`: from the payload header's length to [`MAX_MESSAGE_SIZE`].
@@ -298,6 +340,21 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_sets_the_interval() {
+        let mut s = Scenario::preset(Preset::Sun2002);
+        s.set_rate(160_000.0).expect("160k");
+        assert_eq!(s.interval, Duration::from_secs(2));
+        assert!((s.target_deliveries_per_s() - 160_000.0).abs() < 1e-6);
+        let e = s.set_rate(1e9).expect_err("too fast");
+        assert!(e.contains("more than 1000 times a second"), "{e}");
+        assert!(s
+            .set_rate(1e-9)
+            .expect_err("too slow")
+            .contains("once a week"));
+        assert_eq!(s.interval, Duration::from_secs(2), "unchanged when refused");
+    }
+
+    #[test]
     fn uneven_rooms_count_exactly() {
         let s = Scenario {
             clients: 10,
@@ -340,6 +397,16 @@ mod tests {
         assert_eq!(parse_period("0.5"), Err("at least 1 s".into()));
         assert_eq!(parse_period("604800"), Ok(MAX_PHASE));
         assert_eq!(parse_ramp("0"), Ok(Duration::ZERO));
+
+        assert_eq!(parse_rate("160k"), Ok(160_000.0));
+        assert_eq!(parse_rate("2.5M"), Ok(2_500_000.0));
+        assert_eq!(parse_rate("10667"), Ok(10_667.0));
+        for bad in ["0", "-5k", "inf", "fast", "5G"] {
+            assert!(
+                refused(parse_rate(bad)).contains("positive number"),
+                "{bad}"
+            );
+        }
 
         assert_eq!(parse_message_size("64"), Ok(64));
         assert!(refused(parse_message_size("16")).contains("at least 56"));
