@@ -69,6 +69,13 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// How long a due Ping may wait to leave in the same segment as other
+    /// frames: a quarter of the heartbeat, and of the idle timeout's margin
+    /// over it (the peer still has three quarters of that margin to answer).
+    pub fn ping_hold(&self) -> Duration {
+        (self.heartbeat / 4).min(self.idle_timeout.saturating_sub(self.heartbeat) / 4)
+    }
+
     /// Set the heartbeat and the idle timeout an operator asked for, in
     /// milliseconds (`None` keeps the current value). Both are announced in
     /// Welcome as u32 milliseconds. Refused: a heartbeat under 1 s (the

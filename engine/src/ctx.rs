@@ -191,6 +191,22 @@ impl<M: Send + 'static> Ctx<M> {
     }
 
     pub(crate) fn send_slot(&mut self, slot: usize, frame: Bytes) -> bool {
+        if !self.queue_slot(slot, frame) {
+            return false;
+        }
+        let conn = &mut self.conns[slot];
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(slot);
+        }
+        true
+    }
+
+    /// Queue `frame` on `slot` without flushing it this pass: it leaves with
+    /// the next frame sent there (in the same segment), or when the loop
+    /// marks the connection dirty. False if the connection is closing or
+    /// the frame would cross the hard limit (then it is closed).
+    pub(crate) fn queue_slot(&mut self, slot: usize, frame: Bytes) -> bool {
         let hard = self.cfg.limits.out_hard;
         let conn = &mut self.conns[slot];
         if conn.closing.is_some() {
@@ -203,10 +219,6 @@ impl<M: Send + 'static> Ctx<M> {
         }
         conn.out.push(frame);
         LoopStats::add(&self.stats.frames_out, 1);
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(slot);
-        }
         true
     }
 

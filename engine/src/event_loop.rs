@@ -611,11 +611,24 @@ impl<H: Handler> EventLoop<H> {
     fn sweep(&mut self) {
         let now = self.cx.now;
         let l = &self.cx.cfg.limits;
+        let hold = l.ping_hold();
         let mut to_close = Vec::new();
         let mut to_ping = Vec::new();
+        let mut to_flush = Vec::new();
         for (slot, c) in self.cx.conns.iter_mut() {
             if !c.is_live() {
                 continue;
+            }
+            // Bytes queued but neither due this pass nor waiting for the
+            // socket are a held Ping (below): once its hold is over and no
+            // frame came to travel with it, it goes alone.
+            if !c.out.is_empty()
+                && !c.dirty
+                && !c.writable_interest
+                && c.phase == Phase::Established
+                && now.duration_since(c.last_ping) >= hold
+            {
+                to_flush.push(slot);
             }
             if let Some(since) = c.over_soft_since {
                 if now.duration_since(since) >= l.out_soft_grace {
@@ -649,11 +662,16 @@ impl<H: Handler> EventLoop<H> {
         for (slot, reason) in to_close {
             self.cx.close_slot(slot, reason);
         }
+        for slot in to_flush {
+            self.cx.mark_dirty(slot);
+        }
         if !to_ping.is_empty() {
             let nonce = LoopStats::get(&self.cx.stats.passes);
             if let Ok(ping) = self.cx.encode(&Ping { nonce }) {
                 for slot in to_ping {
-                    self.cx.send_slot(slot, ping.clone());
+                    // Held, to share a segment with the next frame sent
+                    // there (a listener's next delivery, usually).
+                    self.cx.queue_slot(slot, ping.clone());
                 }
             }
         }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use elko_engine::{AcceptMode, CloseKind, CloseReason, Limits};
+use elko_engine::{AcceptMode, CloseKind, CloseReason, Limits, LoopStats};
 use elko_protocol::{ErrorCode, Message, MessageType, Pong};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -207,6 +207,49 @@ fn answering_pings_keeps_a_quiet_connection_open() {
     assert!(pings >= 5, "{pings} Pings in 1.5 s with a 100 ms heartbeat");
     c.ping_echo("alive");
     assert_eq!(closed(&engine, CloseKind::IdleTimeout), 0);
+    stop(engine);
+}
+
+#[test]
+fn a_listeners_ping_leaves_with_its_next_frame_not_in_a_write_of_its_own() {
+    // Heartbeat 300 ms (a Ping may wait 75 ms for company) and a broadcast
+    // every 20 ms: the silent listener is pinged about four times, and
+    // every Ping shares a write with a broadcast copy.
+    let limits = Limits {
+        heartbeat: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let (engine, addr, _) = start(1, limits);
+    let mut listener = Client::connect(addr);
+    let mut talker = Client::connect(addr);
+    std::thread::sleep(Duration::from_millis(50));
+    let writes = || total(&engine, |s| LoopStats::get(&s.writes));
+    let before = writes();
+    let (rounds, mut pings) = (60u64, 0);
+    for r in 0..rounds {
+        let frame = app_frame(OP_BROADCAST, &seq_body(r, 8));
+        talker.write_raw(&frame);
+        talker.expect_wire(&frame, "the talker's own copy");
+        loop {
+            let f = listener.recv_frame().expect("the listener's copy");
+            if f.ty == MessageType::Ping as u8 {
+                pings += 1;
+                continue;
+            }
+            assert_eq!(wire(&f), frame, "round {r}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let copies = 2 * rounds;
+    let extra = writes() - before - copies;
+    assert!(pings >= 2, "only {pings} Pings in {rounds} rounds");
+    // The last Ping may have found no broadcast within its hold.
+    assert!(
+        extra <= 1,
+        "{extra} writes besides the {copies} copies, for {pings} Pings"
+    );
     stop(engine);
 }
 
