@@ -669,9 +669,13 @@ impl<H: Handler> EventLoop<H> {
             let nonce = LoopStats::get(&self.cx.stats.passes);
             if let Ok(ping) = self.cx.encode(&Ping { nonce }) {
                 for slot in to_ping {
-                    // Held, to share a segment with the next frame sent
-                    // there (a listener's next delivery, usually).
-                    self.cx.queue_slot(slot, ping.clone());
+                    if self.cx.shutting_down {
+                        self.cx.send_slot(slot, ping.clone());
+                    } else {
+                        // Held, to share a segment with the next frame sent
+                        // there (a listener's next delivery, usually).
+                        self.cx.queue_slot(slot, ping.clone());
+                    }
                 }
             }
         }
@@ -835,6 +839,18 @@ impl<H: Handler> EventLoop<H> {
             let _ = self.poll.registry().deregister(&mut l);
         }
         self.cx.timers.add(deadline, TimerKind::ShutdownDeadline);
+        // Held Pings go now (and the sweep holds no more): the drain ends
+        // when every queue is empty, not when a hold is over.
+        let held: Vec<usize> = self
+            .cx
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.out.is_empty() && !c.dirty)
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in held {
+            self.cx.mark_dirty(slot);
+        }
         self.handler.on_shutdown(&mut self.cx);
     }
 

@@ -305,6 +305,45 @@ fn shutdown_closes_the_listener_and_tells_idle_clients() {
     engine.join();
 }
 
+#[test]
+fn a_held_ping_does_not_hold_up_a_shutdown() {
+    // Heartbeat 4 s: a due Ping may wait 1 s for company. Shut down while
+    // one waits: the drain sends it at once and ends well before the hold.
+    let limits = Limits {
+        heartbeat: Duration::from_secs(4),
+        idle_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let (engine, addr, _) = start(1, limits);
+    let mut quiet = Client::connect(addr);
+    // Let the Welcome's write be counted first.
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = engine.stats()[0].clone();
+    let frames = LoopStats::get(&stats.frames_out);
+    let writes = LoopStats::get(&stats.writes);
+    wait_for(Duration::from_secs(8), "a Ping queued", || {
+        LoopStats::get(&stats.frames_out) > frames
+    });
+    assert_eq!(
+        LoopStats::get(&stats.writes),
+        writes,
+        "the Ping is held, not written"
+    );
+    let t = Instant::now();
+    engine.begin_shutdown(Duration::from_secs(10));
+    quiet.expect_error_then_eof(ErrorCode::SHUTTING_DOWN);
+    assert_eq!(quiet.pings, 1, "the held Ping came first");
+    wait_for(Duration::from_secs(10), "the loop to stop", || {
+        engine.is_finished()
+    });
+    assert!(
+        t.elapsed() < Duration::from_millis(700),
+        "the drain waited {:?}, as if for the held Ping's hold (1 s)",
+        t.elapsed()
+    );
+    engine.join();
+}
+
 // ---- accept modes ----------------------------------------------------------------------------
 
 #[test]

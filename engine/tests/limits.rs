@@ -212,11 +212,11 @@ fn answering_pings_keeps_a_quiet_connection_open() {
 
 #[test]
 fn a_listeners_ping_leaves_with_its_next_frame_not_in_a_write_of_its_own() {
-    // Heartbeat 300 ms (a Ping may wait 75 ms for company) and a broadcast
-    // every 20 ms: the silent listener is pinged about four times, and
-    // every Ping shares a write with a broadcast copy.
+    // Heartbeat 600 ms (a Ping may wait 150 ms for company) and a broadcast
+    // every 20 ms or so: the silent listener is pinged about three times,
+    // and every Ping shares a write with a broadcast copy.
     let limits = Limits {
-        heartbeat: Duration::from_millis(300),
+        heartbeat: Duration::from_millis(600),
         idle_timeout: Duration::from_secs(5),
         ..Limits::default()
     };
@@ -226,7 +226,7 @@ fn a_listeners_ping_leaves_with_its_next_frame_not_in_a_write_of_its_own() {
     std::thread::sleep(Duration::from_millis(50));
     let writes = || total(&engine, |s| LoopStats::get(&s.writes));
     let before = writes();
-    let (rounds, mut pings) = (60u64, 0);
+    let (rounds, mut pings) = (100u64, 0);
     for r in 0..rounds {
         let frame = app_frame(OP_BROADCAST, &seq_body(r, 8));
         talker.write_raw(&frame);
