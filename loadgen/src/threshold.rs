@@ -9,7 +9,7 @@
 //! | `dup`, `ooo` | duplicated, out-of-order deliveries | a count |
 //! | `cpu`, `gencpu` | server, generator CPU | % of one core (`%` optional) |
 //! | `cpu_per_delivery` | server CPU per delivery | `ns`, `us`, `ms` |
-//! | `rate` | deliveries/s (for `max`, the sustained figure) | a number, `k` or `M` |
+//! | `rate` | deliveries/s (for `max`, its figure: the sustained hold's rate, else the best step's) | a number, `k` or `M` |
 //! | `mem_per_client` | server memory per connected client | `B`, `KiB`, `MiB` |
 //!
 //! A limit written as a signed percentage, `p99<+10%` or `rate>=-5%`, is
