@@ -662,6 +662,7 @@ impl<H: Handler> EventLoop<H> {
         for (slot, reason) in to_close {
             self.cx.close_slot(slot, reason);
         }
+        LoopStats::add(&self.cx.stats.pings_alone, to_flush.len() as u64);
         for slot in to_flush {
             self.cx.mark_dirty(slot);
         }
@@ -669,13 +670,14 @@ impl<H: Handler> EventLoop<H> {
             let nonce = LoopStats::get(&self.cx.stats.passes);
             if let Ok(ping) = self.cx.encode(&Ping { nonce }) {
                 for slot in to_ping {
-                    if self.cx.shutting_down {
-                        self.cx.send_slot(slot, ping.clone());
+                    let queued = if self.cx.shutting_down {
+                        self.cx.send_slot(slot, ping.clone())
                     } else {
                         // Held, to share a segment with the next frame sent
                         // there (a listener's next delivery, usually).
-                        self.cx.queue_slot(slot, ping.clone());
-                    }
+                        self.cx.queue_slot(slot, ping.clone())
+                    };
+                    LoopStats::add(&self.cx.stats.pings, u64::from(queued));
                 }
             }
         }

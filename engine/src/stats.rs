@@ -31,6 +31,11 @@ pub struct LoopStats {
     pub mail: AtomicU64,
     /// Accepts refused because the process ran out of descriptors.
     pub fd_exhausted: AtomicU64,
+    /// Pings sent to quiet peers.
+    pub pings: AtomicU64,
+    /// Of those, Pings that found no frame to travel with and went in a
+    /// write of their own.
+    pub pings_alone: AtomicU64,
     closed: [AtomicU64; CloseKind::COUNT],
 }
 
@@ -67,6 +72,8 @@ impl LoopStats {
             passes: self.passes.load(Relaxed),
             mail: self.mail.load(Relaxed),
             fd_exhausted: self.fd_exhausted.load(Relaxed),
+            pings: self.pings.load(Relaxed),
+            pings_alone: self.pings_alone.load(Relaxed),
             closed: std::array::from_fn(|i| self.closed[i].load(Relaxed)),
         }
     }
@@ -86,6 +93,8 @@ pub struct LoopStatsSnapshot {
     pub passes: u64,
     pub mail: u64,
     pub fd_exhausted: u64,
+    pub pings: u64,
+    pub pings_alone: u64,
     /// Indexed by `CloseKind as usize`.
     pub closed: [u64; CloseKind::COUNT],
 }
@@ -98,7 +107,7 @@ type Family = (
     fn(&LoopStatsSnapshot) -> u64,
 );
 
-const FAMILIES: [Family; 11] = [
+const FAMILIES: [Family; 13] = [
     (
         "connections",
         "gauge",
@@ -149,6 +158,18 @@ const FAMILIES: [Family; 11] = [
         "counter",
         "Accepts that found the process out of file descriptors.",
         |s| s.fd_exhausted,
+    ),
+    (
+        "pings_total",
+        "counter",
+        "Pings sent to peers quiet for the heartbeat.",
+        |s| s.pings,
+    ),
+    (
+        "pings_alone_total",
+        "counter",
+        "Pings that found no frame to share a write with and went alone.",
+        |s| s.pings_alone,
     ),
 ];
 

@@ -172,6 +172,11 @@ fn an_idle_connection_is_pinged_then_closed() {
     assert_eq!(e.code, ErrorCode::IDLE_TIMEOUT, "{e:?}");
     idle.expect_eof();
     assert!(pings >= 2, "only {pings} Pings before the close");
+    // With nothing else to send, each went alone.
+    assert_eq!(
+        total(&engine, |s| LoopStats::get(&s.pings_alone)),
+        total(&engine, |s| LoopStats::get(&s.pings))
+    );
     assert!(
         waited >= Duration::from_millis(450),
         "closed early, after {waited:?}"
@@ -245,6 +250,12 @@ fn a_listeners_ping_leaves_with_its_next_frame_not_in_a_write_of_its_own() {
     let copies = 2 * rounds;
     let extra = writes() - before - copies;
     assert!(pings >= 2, "only {pings} Pings in {rounds} rounds");
+    let sent = total(&engine, |s| LoopStats::get(&s.pings));
+    let alone = total(&engine, |s| LoopStats::get(&s.pings_alone));
+    assert!(
+        sent >= pings as u64 && alone <= 1,
+        "pings_total {sent}, pings_alone_total {alone}"
+    );
     // The last Ping may have found no broadcast within its hold.
     assert!(
         extra <= 1,
