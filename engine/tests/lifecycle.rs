@@ -309,11 +309,7 @@ fn shutdown_closes_the_listener_and_tells_idle_clients() {
 fn a_held_ping_does_not_hold_up_a_shutdown() {
     // Heartbeat 4 s: a due Ping may wait 1 s for company. Shut down while
     // one waits: the drain sends it at once and ends well before the hold.
-    let limits = Limits {
-        heartbeat: Duration::from_secs(4),
-        idle_timeout: Duration::from_secs(60),
-        ..Limits::default()
-    };
+    let limits = heartbeat_limits(Duration::from_secs(4), Duration::from_secs(60));
     let (engine, addr, _) = start(1, limits);
     let mut quiet = Client::connect(addr);
     // Let the Welcome's write be counted first.

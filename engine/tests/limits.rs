@@ -220,11 +220,7 @@ fn a_listeners_ping_leaves_with_its_next_frame_not_in_a_write_of_its_own() {
     // Heartbeat 600 ms (a Ping may wait 150 ms for company) and a broadcast
     // every 20 ms or so: the silent listener is pinged about three times,
     // and every Ping shares a write with a broadcast copy.
-    let limits = Limits {
-        heartbeat: Duration::from_millis(600),
-        idle_timeout: Duration::from_secs(5),
-        ..Limits::default()
-    };
+    let limits = heartbeat_limits(Duration::from_millis(600), Duration::from_secs(5));
     let (engine, addr, _) = start(1, limits);
     let mut listener = Client::connect(addr);
     let mut talker = Client::connect(addr);

@@ -544,6 +544,15 @@ impl Handler for TestApp {
 // ---- starting and stopping ----------------------------------------------------------------
 
 /// A test configuration: `loops` loops, fast sweeps, the given limits.
+/// Default limits but for the heartbeat and the idle timeout.
+pub fn heartbeat_limits(heartbeat: Duration, idle_timeout: Duration) -> Limits {
+    Limits {
+        heartbeat,
+        idle_timeout,
+        ..Limits::default()
+    }
+}
+
 pub fn config(loops: usize, limits: Limits) -> EngineConfig {
     EngineConfig {
         loops,
