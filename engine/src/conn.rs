@@ -87,6 +87,16 @@ impl Conn {
     pub(crate) fn is_live(&self) -> bool {
         self.closing.is_none() && !self.moving
     }
+
+    /// Bytes queued but neither due this pass nor waiting for the socket:
+    /// only a Ping the sweep queued without a flush, to leave with the
+    /// next frame sent here.
+    pub(crate) fn has_held_ping(&self) -> bool {
+        !self.out.is_empty()
+            && !self.dirty
+            && !self.writable_interest
+            && self.phase == Phase::Established
+    }
 }
 
 /// A connection in transit between loops.

@@ -619,15 +619,9 @@ impl<H: Handler> EventLoop<H> {
             if !c.is_live() {
                 continue;
             }
-            // Bytes queued but neither due this pass nor waiting for the
-            // socket are a held Ping (below): once its hold is over and no
-            // frame came to travel with it, it goes alone.
-            if !c.out.is_empty()
-                && !c.dirty
-                && !c.writable_interest
-                && c.phase == Phase::Established
-                && now.duration_since(c.last_ping) >= hold
-            {
+            // A held Ping (queued below) with no frame to travel with goes
+            // alone once its hold is over.
+            if c.has_held_ping() && now.duration_since(c.last_ping) >= hold {
                 to_flush.push(slot);
             }
             if let Some(since) = c.over_soft_since {
@@ -847,7 +841,7 @@ impl<H: Handler> EventLoop<H> {
             .cx
             .conns
             .iter()
-            .filter(|(_, c)| !c.out.is_empty() && !c.dirty)
+            .filter(|(_, c)| c.has_held_ping())
             .map(|(slot, _)| slot)
             .collect();
         for slot in held {

@@ -271,7 +271,7 @@ fn main() {
     );
     let (rounds, failed) = run_rounds(&args, &s, &kinds, &exe);
     write_outputs(&args, &kinds, &rounds);
-    let breached = judge(&args.threshold, &baseline, &rounds, kinds[0]);
+    let breached = judge(&args.threshold, baseline.as_ref(), &rounds, kinds[0]);
     if failed > 0 {
         eprintln!(
             "elko-loadgen: {failed} of {} runs failed",
@@ -393,11 +393,11 @@ fn write_outputs(args: &ChatArgs, kinds: &[TargetKind], rounds: &[Vec<Report>]) 
 /// breached (a figure the report lacks is a breach: the gate cannot pass).
 fn judge(
     thresholds: &[Threshold],
-    baseline: &[serde_json::Value],
+    baseline: Option<&serde_json::Value>,
     rounds: &[Vec<Report>],
     first: TargetKind,
 ) -> bool {
-    let baseline: Vec<&serde_json::Value> = baseline.iter().collect();
+    let baseline = baseline.map_or_else(Vec::new, |b| reports_of(b, first.name()));
     let mut breached = false;
     for (i, round) in rounds.iter().enumerate() {
         let r = &round[0];
@@ -432,15 +432,15 @@ fn judge(
     breached
 }
 
-/// The `--baseline` reports of the judged target, read before anything runs
-/// (exits with the reason when the file cannot serve).
-fn load_baseline(args: &ChatArgs, judged: TargetKind) -> Vec<serde_json::Value> {
+/// The `--baseline` file, read before anything runs (exits with the reason
+/// when it holds no report of the judged target).
+fn load_baseline(args: &ChatArgs, judged: TargetKind) -> Option<serde_json::Value> {
     let relative = args.threshold.iter().any(Threshold::is_relative);
     let Some(path) = &args.baseline else {
         if relative {
             usage_error("a relative threshold (+N% / -N%) needs --baseline FILE, the JSON of an earlier run".into());
         }
-        return Vec::new();
+        return None;
     };
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| usage_error(format!("--baseline {}: {e}", path.display())));
@@ -450,11 +450,7 @@ fn load_baseline(args: &ChatArgs, judged: TargetKind) -> Vec<serde_json::Value> 
             path.display()
         ))
     });
-    let reports: Vec<serde_json::Value> = reports_of(&json, judged.name())
-        .into_iter()
-        .cloned()
-        .collect();
-    if reports.is_empty() {
+    if reports_of(&json, judged.name()).is_empty() {
         usage_error(format!(
             "--baseline {}: no {} report in it (written by --json of elko-loadgen chat?)",
             path.display(),
@@ -464,7 +460,7 @@ fn load_baseline(args: &ChatArgs, judged: TargetKind) -> Vec<serde_json::Value> 
     if !relative {
         eprintln!("elko-loadgen: --baseline is used only by relative thresholds ('p99<+10%'); none was given");
     }
-    reports
+    Some(json)
 }
 
 /// Exit with a usage error (status 2) saying `why`.

@@ -249,19 +249,24 @@ pub fn parse_ramp(v: &str) -> Result<Duration, String> {
     parse_secs(v, Duration::ZERO)
 }
 
+/// The factor of a rate's suffix: none, `k` or `M` (None: another).
+pub fn rate_scale(unit: &str) -> Option<f64> {
+    match unit {
+        "" => Some(1.0),
+        "k" => Some(1e3),
+        "M" => Some(1e6),
+        _ => None,
+    }
+}
+
 /// `--rate`: deliveries per second, a positive number, with `k` or `M` for
 /// thousands and millions (`160k`, `2.5M`).
 pub fn parse_rate(v: &str) -> Result<f64, String> {
     let v = v.trim();
-    let (num, scale) = match v.strip_suffix('k') {
-        Some(n) => (n, 1e3),
-        None => match v.strip_suffix('M') {
-            Some(n) => (n, 1e6),
-            None => (v, 1.0),
-        },
-    };
-    match num.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x * scale),
+    let num_end = v.trim_end_matches(['k', 'M']).len();
+    let (num, unit) = v.split_at(num_end);
+    match (num.parse::<f64>(), rate_scale(unit)) {
+        (Ok(x), Some(scale)) if x.is_finite() && x > 0.0 => Ok(x * scale),
         _ => Err("deliveries per second: a positive number, or with k or M (160k, 2.5M)".into()),
     }
 }
@@ -401,7 +406,7 @@ mod tests {
         assert_eq!(parse_rate("160k"), Ok(160_000.0));
         assert_eq!(parse_rate("2.5M"), Ok(2_500_000.0));
         assert_eq!(parse_rate("10667"), Ok(10_667.0));
-        for bad in ["0", "-5k", "inf", "fast", "5G"] {
+        for bad in ["0", "-5k", "inf", "fast", "5G", "1kM"] {
             assert!(
                 refused(parse_rate(bad)).contains("positive number"),
                 "{bad}"

@@ -119,12 +119,8 @@ impl std::str::FromStr for Threshold {
                     "a time needs a unit: us or ms (latency: also s; cpu_per_delivery: also ns)",
                 )),
             },
-            Metric::Rate => match unit {
-                "" => 1.0,
-                "k" => 1e3,
-                "M" => 1e6,
-                _ => return Err(err("a rate is a number of deliveries/s, or with k or M")),
-            },
+            Metric::Rate => crate::scenario::rate_scale(unit)
+                .ok_or_else(|| err("a rate is a number of deliveries/s, or with k or M"))?,
             Metric::MemPerClient => match unit {
                 "" | "B" => 1.0,
                 "KiB" => 1024.0,
