@@ -112,6 +112,15 @@ pub struct Machine {
     pub memory_bytes: u64,
     /// `uname -r`.
     pub kernel: String,
+    /// The kernel's default TCP congestion control
+    /// (`net.ipv4.tcp_congestion_control`), which every socket of the run
+    /// uses: it is part of each segment's cost (on this project's VM,
+    /// sun2002 costs the context server ~7 % less CPU with `cubic` than
+    /// with `bbr`, and Redis about as much).
+    pub tcp_congestion_control: String,
+    /// The `cpuidle` driver (`none`: an idle CPU halts, and waking it is
+    /// part of every low-rate latency figure; see loadgen/RESULTS.md).
+    pub cpuidle_driver: String,
 }
 
 impl Machine {
@@ -131,23 +140,35 @@ impl Machine {
             memory_bytes: field(&meminfo, "MemTotal")
                 .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
                 .map_or(0, |kb| kb * 1024),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|k| k.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into()),
+            kernel: first_line("/proc/sys/kernel/osrelease"),
+            tcp_congestion_control: first_line("/proc/sys/net/ipv4/tcp_congestion_control"),
+            cpuidle_driver: first_line("/sys/devices/system/cpu/cpuidle/current_driver"),
         }
     }
 
-    /// "2 CPUs (Intel(R) Xeon(R) Processor), 24.0 GiB, Linux 6.18.44".
+    /// "2 CPUs (Intel(R) Xeon(R) Processor), 24.0 GiB, Linux 6.18.44, TCP bbr,
+    /// cpuidle none".
     pub fn describe(&self) -> String {
         format!(
-            "{} CPU{} ({}), {:.1} GiB, Linux {}",
+            "{} CPU{} ({}), {:.1} GiB, Linux {}, TCP {}, cpuidle {}",
             self.cpus,
             if self.cpus == 1 { "" } else { "s" },
             self.cpu_model,
             self.memory_bytes as f64 / (1u64 << 30) as f64,
-            self.kernel
+            self.kernel,
+            self.tcp_congestion_control,
+            self.cpuidle_driver
         )
     }
+}
+
+/// A `/proc` or `/sys` file's first line, or "unknown".
+fn first_line(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.lines().next().map(|l| l.trim().to_string()))
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The whole machine's CPU seconds so far.
@@ -571,6 +592,8 @@ mod tests {
         let d = m.describe();
         assert!(d.contains(&format!("Linux {}", m.kernel)), "{d}");
         assert!(d.contains(" GiB"), "{d}");
+        assert!(d.contains(&format!("TCP {}", m.tcp_congestion_control)), "{d}");
+        assert_ne!(m.tcp_congestion_control, "unknown", "a Linux with TCP has one: {m:?}");
     }
 
     #[test]

@@ -1057,6 +1057,8 @@ pub(crate) mod tests {
                 cpu_model: "Test CPU".into(),
                 memory_bytes: 4 << 30,
                 kernel: "6.1.0".into(),
+                tcp_congestion_control: "cubic".into(),
+                cpuidle_driver: "haltpoll".into(),
             },
         }
     }
