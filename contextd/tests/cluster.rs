@@ -509,3 +509,55 @@ fn an_auction_closes_on_its_timer_with_nobody_present() {
     assert_eq!(s.highest, Some(("ann".to_string(), 25)));
     assert_eq!(s.bids, 1);
 }
+
+#[test]
+fn a_stopped_contextd_checkpoints_every_context_and_exits_promptly() {
+    // SIGTERM with contexts active: each is checkpointed and released, the
+    // members are sent back to the director, and the process exits. (The disk
+    // threads used to retry their reports to the stopped loops for 10 s per
+    // context, so a graceful stop took minutes.)
+    const ROOMS: usize = 8;
+    let dir = TempDir::new("stop");
+    let d = start_director(100);
+    let mut a = start_contextd(&[&d], &dir.0, "cd-stop", &[]);
+    // Through the director, once the server has registered there.
+    let enter = |i: usize| {
+        let (user, room) = (format!("u{i}"), format!("room/stop{i}"));
+        wait_for(Duration::from_secs(10), "entry", || {
+            let (addr, tok) = std::panic::catch_unwind(|| ask(d.clients, &user, &room)).ok()?;
+            Member::enter_at(addr, &user, &room, tok).ok()
+        })
+    };
+    let mut members: Vec<Member> = (0..ROOMS)
+        .map(|i| {
+            let mut m = enter(i);
+            m.say(&format!("before the stop {i}"));
+            m.said(1);
+            m
+        })
+        .collect();
+    let pid = a.proc.child.id() as libc::pid_t;
+    let stopped_at = std::time::Instant::now();
+    // SAFETY: kill takes no pointers; the pid is our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM");
+    let status = wait_for(Duration::from_secs(20), "contextd to exit", || {
+        a.proc.child.try_wait().expect("try_wait")
+    });
+    let took = stopped_at.elapsed();
+    assert!(status.success(), "graceful stop exits 0: {status:?}");
+    assert!(took < Duration::from_secs(5), "graceful stop took {took:?}");
+    for m in &mut members {
+        match m.conn.recv() {
+            Some(Message::ReEnter(r)) => assert_eq!(r.reason, ReEnterReason::SHUTDOWN),
+            other => panic!("expected ReEnter SHUTDOWN, got {other:?}"),
+        }
+    }
+    // Every context was checkpointed and released: another server resumes
+    // each from its last utterance.
+    let _b = start_contextd(&[&d], &dir.0, "cd-after", &[]);
+    for i in 0..ROOMS {
+        let m = enter(i);
+        let h: Vec<&str> = m.snapshot.history.iter().map(|h| h.text.as_str()).collect();
+        assert_eq!(h, vec![format!("before the stop {i}")], "room {i}");
+    }
+}

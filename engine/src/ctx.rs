@@ -3,7 +3,7 @@
 use crate::close::CloseReason;
 use crate::config::{EngineConfig, Limits};
 use crate::conn::{Conn, ConnId, Phase};
-use crate::mailbox::Shared;
+use crate::mailbox::{PostError, Shared};
 use crate::stats::LoopStats;
 use crate::timer::{TimerId, TimerKind, Timers};
 use bytes::{Bytes, BytesMut};
@@ -307,7 +307,7 @@ impl<M: Send + 'static> Ctx<M> {
 
     /// Send mail to loop `to` (possibly this one). Fails, handing the mail
     /// back, if that loop's mailbox is full or the loop has stopped.
-    pub fn post(&self, to: usize, mail: M) -> Result<(), M> {
+    pub fn post(&self, to: usize, mail: M) -> Result<(), PostError<M>> {
         self.shared.post(to, mail)
     }
 

@@ -5,7 +5,7 @@ use crate::ctx::Ctx;
 use crate::ctx::{FIRST_LISTENER_TOKEN, MAX_LISTENERS};
 use crate::event_loop::{EventLoop, TIMER_TOKEN, WAKER_TOKEN};
 use crate::handler::Handler;
-use crate::mailbox::{Mail, Mailbox, Shared};
+use crate::mailbox::{Mail, Mailbox, PostError, Shared};
 use crate::stats::LoopStats;
 use crate::timer::Timers;
 use mio::{Interest, Poll, Token, Waker};
@@ -39,8 +39,8 @@ impl<M: Send + 'static> Clone for Poster<M> {
 
 impl<M: Send + 'static> Poster<M> {
     /// Send mail to loop `to`. Fails, handing it back, if the mailbox is
-    /// full or the loop has stopped.
-    pub fn post(&self, to: usize, mail: M) -> Result<(), M> {
+    /// full (worth retrying later) or the loop has stopped (not worth it).
+    pub fn post(&self, to: usize, mail: M) -> Result<(), PostError<M>> {
         self.shared.post(to, mail)
     }
 
@@ -215,8 +215,8 @@ impl<M: Send + 'static> Engine<M> {
     }
 
     /// Send mail to loop `to`. Fails, handing it back, if the mailbox is full
-    /// or the loop has stopped.
-    pub fn post(&self, to: usize, mail: M) -> Result<(), M> {
+    /// (worth retrying later) or the loop has stopped (not worth it).
+    pub fn post(&self, to: usize, mail: M) -> Result<(), PostError<M>> {
         self.shared.post(to, mail)
     }
 
@@ -243,8 +243,8 @@ impl<M: Send + 'static> Engine<M> {
             let mut mail = Mail::Shutdown(deadline);
             for _ in 0..1000 {
                 match mb.send(mail) {
-                    Ok(()) => break,
-                    Err(m) => {
+                    Ok(()) | Err(PostError::Stopped(_)) => break,
+                    Err(PostError::Full(m)) => {
                         mail = m;
                         std::thread::sleep(Duration::from_millis(1));
                     }

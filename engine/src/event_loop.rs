@@ -61,6 +61,15 @@ pub(crate) struct EventLoop<H: Handler> {
     server_full_frame: Bytes,
 }
 
+impl<H: Handler> Drop for EventLoop<H> {
+    /// Whether the loop returned or its handler panicked, senders learn at
+    /// once that this loop reads no more mail (a disk thread then stops
+    /// retrying a report instead of waiting out its retry budget).
+    fn drop(&mut self) {
+        self.cx.shared.mailboxes[self.cx.idx].mark_stopped();
+    }
+}
+
 impl<H: Handler> EventLoop<H> {
     pub(crate) fn new(
         handler: H,
@@ -497,10 +506,12 @@ impl<H: Handler> EventLoop<H> {
             self.accept_rr = (self.accept_rr + 1) % loops;
             let target = self.accept_rr;
             if target != self.cx.idx {
-                if let Err(Mail::Accepted(stream, _, _)) =
+                if let Err(e) =
                     self.cx.shared.mailboxes[target].send(Mail::Accepted(stream, peer, li))
                 {
-                    self.refuse_full(stream);
+                    if let Mail::Accepted(stream, _, _) = e.into_inner() {
+                        self.refuse_full(stream);
+                    }
                 }
                 return;
             }
@@ -813,10 +824,8 @@ impl<H: Handler> EventLoop<H> {
             eof: conn.eof,
             challenge: conn.challenge,
         };
-        if let Err(Mail::Adopt(t, _)) =
-            self.cx.shared.mailboxes[to].send(Mail::Adopt(Box::new(t), mail))
-        {
-            drop(t);
+        if let Err(e) = self.cx.shared.mailboxes[to].send(Mail::Adopt(Box::new(t), mail)) {
+            drop(e);
             self.cx.stats.count_close(CloseKind::MailboxFull);
             self.handler
                 .on_close(&mut self.cx, conn.id, &CloseReason::MailboxFull);

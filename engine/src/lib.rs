@@ -42,6 +42,7 @@ pub use conn::ConnId;
 pub use ctx::{connect_stream, Ctx, MAX_LISTENERS};
 pub use engine::{bind_listener, Engine, Poster};
 pub use handler::Handler;
+pub use mailbox::PostError;
 pub use out_queue::{OutQueue, WriteOutcome};
 pub use process::{clock_ticks, open_fds, write_process_metrics, ProcStat};
 pub use stats::{write_metric_family, write_prometheus, LoopStats, LoopStatsSnapshot};

@@ -20,6 +20,44 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Why mail was handed back instead of posted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostError<M> {
+    /// The loop's mailbox is at its capacity (the loop is far behind): a
+    /// later attempt may succeed.
+    Full(M),
+    /// The loop has stopped, or there is no such loop: it will never read
+    /// this mail, so retrying is pointless.
+    Stopped(M),
+}
+
+impl<M> PostError<M> {
+    /// The mail that was not posted.
+    pub fn into_inner(self) -> M {
+        match self {
+            PostError::Full(m) | PostError::Stopped(m) => m,
+        }
+    }
+
+    fn map<N>(self, f: impl FnOnce(M) -> N) -> PostError<N> {
+        match self {
+            PostError::Full(m) => PostError::Full(f(m)),
+            PostError::Stopped(m) => PostError::Stopped(f(m)),
+        }
+    }
+}
+
+impl<M> std::fmt::Display for PostError<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PostError::Full(_) => "the loop's mailbox is full",
+            PostError::Stopped(_) => "the loop has stopped",
+        })
+    }
+}
+
+impl<M: std::fmt::Debug> std::error::Error for PostError<M> {}
+
 #[derive(Debug)]
 pub(crate) enum Mail<M> {
     App(M),
@@ -34,6 +72,9 @@ pub(crate) struct Mailbox<M> {
     capacity: usize,
     waker: Arc<Waker>,
     wake_pending: AtomicBool,
+    /// Set when the receiving loop ends (normally or by a panic): mail is
+    /// then refused as `Stopped` even while the dead queue is at capacity.
+    stopped: AtomicBool,
 }
 
 impl<M> Mailbox<M> {
@@ -45,21 +86,26 @@ impl<M> Mailbox<M> {
                 capacity: capacity.max(1),
                 waker,
                 wake_pending: AtomicBool::new(false),
+                stopped: AtomicBool::new(false),
             },
             rx,
         )
     }
 
-    pub(crate) fn send(&self, mail: Mail<M>) -> Result<(), Mail<M>> {
+    pub(crate) fn send(&self, mail: Mail<M>) -> Result<(), PostError<Mail<M>>> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(PostError::Stopped(mail));
+        }
         if self.tx.len() >= self.capacity {
-            return Err(mail);
+            return Err(PostError::Full(mail));
         }
         match self.tx.send(mail) {
             Ok(()) => {
                 self.wake();
                 Ok(())
             }
-            Err(crossbeam_channel::SendError(m)) => Err(m),
+            // The receiver is dropped with its loop.
+            Err(crossbeam_channel::SendError(m)) => Err(PostError::Stopped(m)),
         }
     }
 
@@ -68,6 +114,11 @@ impl<M> Mailbox<M> {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
             let _ = self.waker.wake();
         }
+    }
+
+    /// Called by the receiving loop as it ends: no more mail is accepted.
+    pub(crate) fn mark_stopped(&self) {
+        self.stopped.store(true, Ordering::Release);
     }
 
     /// Called by the receiving loop before draining: later sends wake it again.
@@ -86,13 +137,53 @@ pub(crate) struct Shared<M> {
 impl<M> Shared<M> {
     /// Application mail to loop `to`; hands it back if the mailbox is full,
     /// the loop has stopped or `to` is out of range.
-    pub(crate) fn post(&self, to: usize, mail: M) -> Result<(), M> {
+    pub(crate) fn post(&self, to: usize, mail: M) -> Result<(), PostError<M>> {
         let Some(mb) = self.mailboxes.get(to) else {
-            return Err(mail);
+            return Err(PostError::Stopped(mail));
         };
-        mb.send(Mail::App(mail)).map_err(|m| match m {
-            Mail::App(m) => m,
-            _ => unreachable!("send returns the mail it was given"),
+        mb.send(Mail::App(mail)).map_err(|e| {
+            e.map(|m| match m {
+                Mail::App(m) => m,
+                _ => unreachable!("send returns the mail it was given"),
+            })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(capacity: usize) -> (mio::Poll, Mailbox<u32>, Receiver<Mail<u32>>) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        let (mb, rx) = Mailbox::new(capacity, waker);
+        (poll, mb, rx)
+    }
+
+    fn refused(r: Result<(), PostError<Mail<u32>>>) -> PostError<u32> {
+        r.expect_err("refused").map(|m| match m {
+            Mail::App(n) => n,
+            other => panic!("got back {other:?}"),
+        })
+    }
+
+    #[test]
+    fn a_full_mailbox_says_full_and_a_stopped_loop_s_says_stopped() {
+        let (_poll, mb, rx) = mailbox(1);
+        mb.send(Mail::App(1)).expect("room for one");
+        assert_eq!(refused(mb.send(Mail::App(2))), PostError::Full(2));
+        // The loop ends with its queue still full: stopped, not full.
+        mb.mark_stopped();
+        assert_eq!(refused(mb.send(Mail::App(3))), PostError::Stopped(3));
+        drop(rx);
+
+        // A receiver dropped without the mark (any other way a loop's
+        // channel goes away) is also told apart from a full one.
+        let (_poll, mb, rx) = mailbox(4);
+        drop(rx);
+        let e = refused(mb.send(Mail::App(5)));
+        assert_eq!(e.to_string(), "the loop has stopped");
+        assert_eq!(e.into_inner(), 5);
     }
 }

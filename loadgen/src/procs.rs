@@ -592,8 +592,14 @@ mod tests {
         let d = m.describe();
         assert!(d.contains(&format!("Linux {}", m.kernel)), "{d}");
         assert!(d.contains(" GiB"), "{d}");
-        assert!(d.contains(&format!("TCP {}", m.tcp_congestion_control)), "{d}");
-        assert_ne!(m.tcp_congestion_control, "unknown", "a Linux with TCP has one: {m:?}");
+        assert!(
+            d.contains(&format!("TCP {}", m.tcp_congestion_control)),
+            "{d}"
+        );
+        assert_ne!(
+            m.tcp_congestion_control, "unknown",
+            "a Linux with TCP has one: {m:?}"
+        );
     }
 
     #[test]
