@@ -253,6 +253,19 @@ fn main() {
         );
         std::process::exit(2);
     }
+    // A limit on figures nobody measures would pass or fail for nothing.
+    let unmeasured = matches!(target_of(&args, kinds[0]), Target::Director(_, ref s) | Target::Peer(_, _, ref s) if s.is_empty());
+    if let Some(t) = args
+        .threshold
+        .iter()
+        .find(|t| t.is_on_server())
+        .filter(|_| unmeasured)
+    {
+        usage_error(format!(
+            "threshold '{}' judges the server's CPU or memory, which this run does not measure: the generator did not start the servers; name their processes with --server-pid PID or --server-metrics HOST:PORT",
+            t.text
+        ));
+    }
     let baseline = load_baseline(&args, kinds[0]);
     eprintln!(
         "elko-loadgen: {} clients in {} rooms, one utterance per {} each (target {:.0} deliveries/s), ramp {:.0} s, steady {:.0} s, {} generator process(es); target {}",

@@ -78,15 +78,16 @@ const RATIOS: [RatioFigure; 4] = [
     ("memory_per_client", |q| q.memory_per_client),
 ];
 
+/// Name, decimals shown, value (NaN: not measured, left out of the spread).
 type Metric = (&'static str, usize, fn(&Report) -> f64);
 
 /// What is summarised for each target: name, decimals shown, value.
 const METRICS: [Metric; 9] = [
     ("server_cpu_us_per_delivery", 2, |r| {
-        r.server_cpu_us_per_delivery
+        r.server_cpu_us_per_delivery.unwrap_or(f64::NAN)
     }),
     ("server_cpu_percent_of_core", 1, |r| {
-        r.server.cpu_percent_of_core
+        r.server.cpu_percent_of_core.unwrap_or(f64::NAN)
     }),
     ("latency_p50_ms", 2, |r| r.latency_us.p50 as f64 / 1000.0),
     ("latency_p99_ms", 2, |r| r.latency_us.p99 as f64 / 1000.0),

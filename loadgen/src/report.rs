@@ -49,13 +49,15 @@ pub struct ProcReport {
     pub sockets: Option<u64>,
 }
 
-/// All server processes.
+/// All server processes. The figures are `None` (JSON `null`) when no
+/// server process was measured: a cluster driven with `--director` or a peer
+/// with `--target-addr`, without `--server-pid` / `--server-metrics`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ServerReport {
-    pub cpu_percent_of_core: f64,
+    pub cpu_percent_of_core: Option<f64>,
     pub rss_bytes: u64,
     /// Memory the clients added, per connected client.
-    pub rss_per_client_bytes: f64,
+    pub rss_per_client_bytes: Option<f64>,
     /// Sockets of every server process.
     pub connections: u64,
     pub processes: Vec<ProcReport>,
@@ -191,7 +193,8 @@ pub struct Report {
     pub target_deliveries_per_s: f64,
     pub achieved_utterances_per_s: f64,
     pub achieved_deliveries_per_s: f64,
-    pub server_cpu_us_per_delivery: f64,
+    /// `None` when no server process was measured (see [`ServerReport`]).
+    pub server_cpu_us_per_delivery: Option<f64>,
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub max_steps: Vec<MaxStep>,
@@ -289,7 +292,9 @@ impl Report {
             &mut o,
             "server CPU",
             "~20% of 2 CPUs",
-            format!("{:.1}% of one core", self.server.cpu_percent_of_core),
+            self.server
+                .cpu_percent_of_core
+                .map_or(NOT_MEASURED.to_string(), |c| format!("{c:.1}% of one core")),
         );
         row(
             &mut o,
@@ -348,11 +353,17 @@ impl Report {
             self.fanouts_complete,
             self.utterances_sent
         );
-        let _ = writeln!(
-            o,
-            "server CPU per delivery: {:.2} µs",
-            self.server_cpu_us_per_delivery
-        );
+        match self.server_cpu_us_per_delivery {
+            Some(us) => {
+                let _ = writeln!(o, "server CPU per delivery: {us:.2} µs");
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "server CPU and memory: not measured (the generator did not start the servers: name their processes with --server-pid PID or --server-metrics HOST:PORT)"
+                );
+            }
+        }
         for p in &self.server.processes {
             let _ = writeln!(
                 o,
@@ -365,11 +376,11 @@ impl Report {
                 p.sockets.map_or("?".to_string(), |n| n.to_string())
             );
         }
-        if self.server.rss_per_client_bytes > 0.0 {
+        if let Some(b) = self.server.rss_per_client_bytes.filter(|&b| b > 0.0) {
             let _ = writeln!(
                 o,
                 "  server memory added per connected client: {:.2} KiB",
-                self.server.rss_per_client_bytes / 1024.0
+                b / 1024.0
             );
         }
         let _ = writeln!(
@@ -481,6 +492,9 @@ impl Report {
     }
 }
 
+/// How a server figure shows when no server process was measured.
+const NOT_MEASURED: &str = "not measured";
+
 const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
 
 fn esc(t: &str) -> String {
@@ -506,13 +520,16 @@ pub fn svg(reports: &[&Report]) -> String {
     };
     let title = if reports.len() == 1 {
         format!(
-            "elko-loadgen {} — {}: {} clients, {} rooms, {:.0} deliveries/s, server CPU {:.1}% of a core",
+            "elko-loadgen {} — {}: {} clients, {} rooms, {:.0} deliveries/s, server CPU {}",
             first.scenario.preset.name(),
             first.target,
             first.clients_connected,
             first.rooms,
             first.achieved_deliveries_per_s,
-            first.server.cpu_percent_of_core
+            first
+                .server
+                .cpu_percent_of_core
+                .map_or(NOT_MEASURED.to_string(), |c| format!("{c:.1}% of a core"))
         )
     } else {
         format!(
@@ -862,6 +879,14 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// [`ratio`] of two figures that may not have been measured.
+fn ratio_of(a: Option<f64>, b: Option<f64>) -> f64 {
+    match (a, b) {
+        (Some(a), Some(b)) => ratio(a, b),
+        _ => f64::NAN,
+    }
+}
+
 /// Elko (the first report) against each other report.
 pub fn ratios(reports: &[Report]) -> Vec<Ratios> {
     let Some(e) = reports.first() else {
@@ -871,13 +896,16 @@ pub fn ratios(reports: &[Report]) -> Vec<Ratios> {
         .iter()
         .map(|p| Ratios {
             peer: p.target.clone(),
-            server_cpu_per_delivery: ratio(
+            server_cpu_per_delivery: ratio_of(
                 e.server_cpu_us_per_delivery,
                 p.server_cpu_us_per_delivery,
             ),
             p99: ratio(e.latency_us.p99 as f64, p.latency_us.p99 as f64),
             p999: ratio(e.latency_us.p999 as f64, p.latency_us.p999 as f64),
-            memory_per_client: ratio(e.server.rss_per_client_bytes, p.server.rss_per_client_bytes),
+            memory_per_client: ratio_of(
+                e.server.rss_per_client_bytes,
+                p.server.rss_per_client_bytes,
+            ),
         })
         .collect()
 }
@@ -939,17 +967,20 @@ pub fn comparison(reports: &[Report]) -> String {
             ms_short(r.fanout_spread_us.p99)
         )
     });
+    let measured = |x: Option<f64>, scale: f64, decimals: usize| {
+        x.map_or("-".to_string(), |x| format!("{:.*}", decimals, x / scale))
+    };
     line(&mut o, "server CPU, % of a core", &|r| {
-        format!("{:.1}", r.server.cpu_percent_of_core)
+        measured(r.server.cpu_percent_of_core, 1.0, 1)
     });
     line(&mut o, "server CPU per delivery, µs", &|r| {
-        format!("{:.2}", r.server_cpu_us_per_delivery)
+        measured(r.server_cpu_us_per_delivery, 1.0, 2)
     });
     line(&mut o, "server RSS, MiB", &|r| {
         format!("{:.1}", r.server.rss_bytes as f64 / 1048576.0)
     });
     line(&mut o, "server memory per client, KiB", &|r| {
-        format!("{:.2}", r.server.rss_per_client_bytes / 1024.0)
+        measured(r.server.rss_per_client_bytes, 1024.0, 2)
     });
     line(&mut o, "generator CPU, % of a core", &|r| {
         format!("{:.1}", r.loadgen_cpu_percent_of_core)
@@ -1005,9 +1036,9 @@ pub(crate) mod tests {
             fanout_spread_us: Percentiles::of(&h),
             fanouts_complete: 16_000,
             server: ServerReport {
-                cpu_percent_of_core: 5.0,
+                cpu_percent_of_core: Some(5.0),
                 rss_bytes: 30 << 20,
-                rss_per_client_bytes: 1000.0,
+                rss_per_client_bytes: Some(1000.0),
                 connections: 8002,
                 processes: vec![ProcReport {
                     name: "elko-contextd-0".into(),
@@ -1030,7 +1061,7 @@ pub(crate) mod tests {
             target_deliveries_per_s: 10_666.7,
             achieved_utterances_per_s: 266.7,
             achieved_deliveries_per_s: 10_666.7,
-            server_cpu_us_per_delivery: cpu_us,
+            server_cpu_us_per_delivery: Some(cpu_us),
             warnings: vec![],
             max_steps: vec![],
             max_sustained_deliveries_per_s: None,

@@ -489,15 +489,14 @@ fn drive(
         .collect();
     let rss: u64 = processes.iter().map(|p| p.rss_bytes).sum();
     let rss_base: u64 = processes.iter().map(|p| p.rss_before_clients_bytes).sum();
-    let server_cpu = totals.percent(totals.server_cpu_s.iter().sum());
+    // Nothing to say about the server when none of its processes was watched.
+    let measured = !processes.is_empty();
+    let server_cpu = measured.then(|| totals.percent(totals.server_cpu_s.iter().sum()));
     let server = ServerReport {
         cpu_percent_of_core: server_cpu,
         rss_bytes: rss,
-        rss_per_client_bytes: if connected_peak > 0 && !processes.is_empty() {
-            rss.saturating_sub(rss_base) as f64 / connected_peak as f64
-        } else {
-            0.0
-        },
+        rss_per_client_bytes: (measured && connected_peak > 0)
+            .then(|| rss.saturating_sub(rss_base) as f64 / connected_peak as f64),
         connections: sockets.iter().flatten().copied().sum(),
         processes,
     };
@@ -533,11 +532,9 @@ fn drive(
         achieved_utterances_per_s: counters.utterances_window as f64 / steady_s,
         achieved_deliveries_per_s: received as f64 / steady_s,
         // CPU per second over deliveries per second.
-        server_cpu_us_per_delivery: if received > 0 {
-            1e4 * server_cpu / (received as f64 / steady_s)
-        } else {
-            0.0
-        },
+        server_cpu_us_per_delivery: server_cpu
+            .filter(|_| received > 0)
+            .map(|cpu| 1e4 * cpu / (received as f64 / steady_s)),
         server,
         warnings: Vec::new(),
         max_sustained_deliveries_per_s: stepper.as_ref().map(Stepper::best),
@@ -735,7 +732,7 @@ mod tests {
     fn host_steal_is_warned_and_not_taken_for_other_load() {
         let mut r = crate::report::tests::sample_report("elko", 500, 5.0);
         r.machine_cpu_percent_of_core =
-            r.server.cpu_percent_of_core + r.loadgen_cpu_percent_of_core + 30.0;
+            r.server.local_cpu_percent_of_core() + r.loadgen_cpu_percent_of_core + 30.0;
         assert!(
             warnings(&r, 1).iter().any(|w| w.starts_with("OTHER LOAD")),
             "30% of a core unaccounted for is other load"

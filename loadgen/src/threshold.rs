@@ -172,8 +172,17 @@ impl Threshold {
         matches!(self.limit, Limit::Relative(_))
     }
 
+    /// Whether the limit is on the server's CPU or memory, which a run
+    /// measures only for servers it started or was told of.
+    pub fn is_on_server(&self) -> bool {
+        matches!(
+            self.metric,
+            Metric::Cpu | Metric::CpuPerDelivery | Metric::MemPerClient
+        )
+    }
+
     /// The figure this limit looks at, in its base unit, from a report's
-    /// JSON form (None: the report does not have it).
+    /// JSON form (None: the report does not have it, or it was not measured).
     pub fn measure(&self, report: &Value) -> Option<f64> {
         let r = report;
         match self.metric {

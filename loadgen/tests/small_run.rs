@@ -536,7 +536,26 @@ fn a_running_cluster_is_measured_through_its_pids_or_metrics_endpoints() {
     args.extend(["--director", &director, "--server-pid", &director_pid]);
     args.extend(["--server-metrics", &metrics]);
     let v = run_json(&args, "existing");
+    // Unnamed, the servers are not measured: their figures are null, not 0
+    // (a limit on them is refused rather than passed for nothing).
+    let mut unnamed = SMALL.to_vec();
+    unnamed.extend(["--director", &director]);
+    let u = run_json(&unnamed, "unmeasured");
+    let (code, stderr) = loadgen_fails(&["chat", "--director", &director, "--threshold", "cpu<5"]);
     cluster.stop();
+    assert_all_delivered(&u, 120);
+    assert_eq!(u["server"]["processes"], serde_json::json!([]), "{u}");
+    for k in ["cpu_percent_of_core", "rss_per_client_bytes"] {
+        assert!(u["server"][k].is_null(), "server.{k} unmeasured: {u}");
+    }
+    assert!(u["server_cpu_us_per_delivery"].is_null(), "{u}");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "threshold 'cpu<5' judges the server's CPU or memory, which this run does not measure"
+        ),
+        "{stderr}"
+    );
     assert_all_delivered(&v, 120);
     let procs = v["server"]["processes"].as_array().expect("processes");
     let names: Vec<&str> = procs.iter().filter_map(|p| p["name"].as_str()).collect();
