@@ -224,6 +224,11 @@ pub fn socket_count(pid: u32) -> Option<u64> {
     )
 }
 
+/// How long a started server gets to stop after SIGTERM (a contextd writes
+/// every context's checkpoint first), in steps.
+const STOP_WAIT_STEP: Duration = Duration::from_millis(50);
+const STOP_WAIT_STEPS: u32 = 100;
+
 /// A started server process, stopped (SIGTERM, then SIGKILL) on drop.
 #[derive(Debug)]
 pub struct Server {
@@ -242,18 +247,27 @@ impl Server {
         field(&self.line, "admin")
     }
 
-    /// SIGTERM and wait (bounded), then SIGKILL.
-    pub fn stop(&mut self) {
+    /// SIGTERM and wait (bounded), then SIGKILL, saying so: a server that
+    /// does not stop gracefully within the bound has a bug worth seeing.
+    /// True if it stopped by itself.
+    pub fn stop(&mut self) -> bool {
         // SAFETY: kill with a pid we spawned and a valid signal number.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        for _ in 0..100 {
+        for _ in 0..STOP_WAIT_STEPS {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                return true;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(STOP_WAIT_STEP);
         }
+        eprintln!(
+            "elko-loadgen: WARNING: {} (pid {}) did not exit within {} s of SIGTERM; killed",
+            self.name,
+            self.child.id(),
+            (STOP_WAIT_STEP * STOP_WAIT_STEPS).as_secs()
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
+        false
     }
 }
 
@@ -581,6 +595,35 @@ mod tests {
         elko_engine::write_process_metrics(&mut ours);
         let s = parse_process_metrics(&ours).expect("ours");
         assert!(s.rss_bytes > 0);
+    }
+
+    #[test]
+    fn a_server_that_ignores_sigterm_is_killed_after_the_bound() {
+        // Each says "ready" once its signal disposition is set (an ignored
+        // signal stays ignored across exec).
+        let server = |script: &str| {
+            let mut child = Command::new("sh")
+                .args(["-c", &format!("{script} echo ready; exec sleep 20")])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("sh");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("ready");
+            Server {
+                name: "test-server".into(),
+                child,
+                line,
+            }
+        };
+        let mut polite = server("");
+        assert!(polite.stop(), "stops on SIGTERM");
+        let mut stubborn = server("trap '' TERM;");
+        let started = std::time::Instant::now();
+        assert!(!stubborn.stop(), "needed SIGKILL");
+        assert!(started.elapsed() >= STOP_WAIT_STEP * STOP_WAIT_STEPS);
+        assert!(stubborn.child.try_wait().expect("wait").is_some(), "dead");
     }
 
     #[test]

@@ -178,7 +178,9 @@ impl Servers {
         match self {
             Servers::Existing(_) => {}
             Servers::Elko(c) => c.stop(),
-            Servers::Peer(mut p) => p.server.stop(),
+            Servers::Peer(mut p) => {
+                p.server.stop();
+            }
         }
     }
 }
