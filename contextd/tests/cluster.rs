@@ -561,3 +561,55 @@ fn a_stopped_contextd_checkpoints_every_context_and_exits_promptly() {
         assert_eq!(h, vec![format!("before the stop {i}")], "room {i}");
     }
 }
+
+#[test]
+fn a_restarted_director_routes_to_the_contexts_already_active() {
+    // A director keeps no state of its own: one that restarts learns from
+    // the context servers (which reconnect and report what they hold) where
+    // each active context lives, so a newcomer joins the members already
+    // there instead of a second instance being activated elsewhere.
+    const ROOMS: usize = 6;
+    let dir = TempDir::new("restart");
+    let mut d = start_director(100);
+    let _a = start_contextd(&[&d], &dir.0, "cd-a", &[]);
+    let _b = start_contextd(&[&d], &dir.0, "cd-b", &[]);
+    let enter = |d: &Director, user: &str, room: &str| {
+        wait_for(Duration::from_secs(10), "entry", || {
+            let (addr, tok) = std::panic::catch_unwind(|| ask(d.clients, user, room)).ok()?;
+            Member::enter_at(addr, user, room, tok).ok()
+        })
+    };
+    let mut first: Vec<Member> = (0..ROOMS)
+        .map(|i| enter(&d, &format!("first{i}"), &format!("room/r{i}")))
+        .collect();
+    let hosts: Vec<_> = first
+        .iter()
+        .map(|m| m.conn.stream.peer_addr().expect("host"))
+        .collect();
+    assert!(
+        hosts.iter().any(|h| *h != hosts[0]),
+        "the rooms are spread over both servers: {hosts:?}"
+    );
+    let (clients, providers) = (d.clients.to_string(), d.providers.to_string());
+    d.proc.child.kill().expect("SIGKILL the director");
+    let _ = d.proc.child.wait();
+    let d2 = start_director_at(&clients, &providers, 100, &[]);
+    for (i, m) in first.iter_mut().enumerate() {
+        let room = format!("room/r{i}");
+        let late = enter(&d2, &format!("late{i}"), &room);
+        assert_eq!(
+            late.conn.stream.peer_addr().expect("host"),
+            hosts[i],
+            "{room} is still active where it was"
+        );
+        assert!(
+            late.snapshot.members.contains(&format!("first{i}")),
+            "{room}: the newcomer meets the member already there: {:?}",
+            late.snapshot.members
+        );
+        match m.next() {
+            Message::Joined(j) => assert_eq!(j.user, format!("late{i}")),
+            other => panic!("expected Joined, got {other:?}"),
+        }
+    }
+}

@@ -122,16 +122,21 @@ pub fn start_director(report_ms: u64) -> Director {
 
 /// A director with extra flags (for example `--admin-listen 127.0.0.1:0`).
 pub fn start_director_with(report_ms: u64, extra: &[&str]) -> Director {
+    start_director_at("127.0.0.1:0", "127.0.0.1:0", report_ms, extra)
+}
+
+/// A director on given addresses (for example those of one that died).
+pub fn start_director_at(
+    clients: &str,
+    providers: &str,
+    report_ms: u64,
+    extra: &[&str],
+) -> Director {
     let mut cmd = Command::new(bin("elko-director"));
-    cmd.args([
-        "--client-listen",
-        "127.0.0.1:0",
-        "--provider-listen",
-        "127.0.0.1:0",
-    ])
-    .args(["--report-interval-ms", &report_ms.to_string()])
-    .args(extra)
-    .env("RUST_LOG", "error");
+    cmd.args(["--client-listen", clients, "--provider-listen", providers])
+        .args(["--report-interval-ms", &report_ms.to_string()])
+        .args(extra)
+        .env("RUST_LOG", "error");
     let proc = spawn_with_line(cmd, "elko-director listening");
     let clients = field(&proc.line, "clients").parse().expect("addr");
     let providers = field(&proc.line, "providers").parse().expect("addr");
