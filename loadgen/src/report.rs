@@ -86,7 +86,8 @@ pub struct TimelineRow {
     pub p50_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
-    pub server_cpu_percent: f64,
+    /// None when no server process is measured (an empty CSV cell).
+    pub server_cpu_percent: Option<f64>,
     pub loadgen_cpu_percent: f64,
 }
 
@@ -114,8 +115,7 @@ impl TimelineRow {
             p50_us: p.p50,
             p99_us: p.p99,
             max_us: p.max,
-            // An empty f64 sum is -0.0: no servers of our own to watch.
-            server_cpu_percent: 100.0 * server_cpu_s + 0.0,
+            server_cpu_percent: (!servers.is_empty()).then_some(100.0 * server_cpu_s),
             loadgen_cpu_percent: 100.0 * gen_cpu_s,
         }
     }
@@ -470,7 +470,7 @@ impl Report {
         for r in &self.timeline {
             let _ = writeln!(
                 o,
-                "{:.1},{},{},{:.1},{:.1},{},{},{},{:.1},{:.1}",
+                "{:.1},{},{},{:.1},{:.1},{},{},{},{},{:.1}",
                 r.t_s,
                 r.phase,
                 r.connected,
@@ -479,7 +479,8 @@ impl Report {
                 r.p50_us,
                 r.p99_us,
                 r.max_us,
-                r.server_cpu_percent,
+                r.server_cpu_percent
+                    .map_or(String::new(), |c| format!("{c:.1}")),
                 r.loadgen_cpu_percent
             );
         }
@@ -1075,7 +1076,7 @@ pub(crate) mod tests {
                 p50_us: 300,
                 p99_us: p99,
                 max_us: p99 * 2,
-                server_cpu_percent: 5.0,
+                server_cpu_percent: Some(5.0),
                 loadgen_cpu_percent: 6.0,
             }],
             distribution: distribution(&h),

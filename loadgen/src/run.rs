@@ -615,9 +615,10 @@ impl SteadyTotals {
 /// run) draws a bar on a terminal instead of a line per second.
 fn progress(row: &TimelineRow, kind: TargetKind, clients: usize, done: Option<f64>) {
     let line = format!(
-        "[{:>4.0}s] {:<6} {} connected {:>6}/{:<6} utt/s {:>8.0}  deliv/s {:>9.0}  p99 {:>8.2} ms  max {:>8.2} ms  server CPU {:>5.1}%  gen CPU {:>5.1}%",
+        "[{:>4.0}s] {:<6} {} connected {:>6}/{:<6} utt/s {:>8.0}  deliv/s {:>9.0}  p99 {:>8.2} ms  max {:>8.2} ms  server CPU {:>6}  gen CPU {:>5.1}%",
         row.t_s, row.phase, kind.name(), row.connected, clients, row.utterances_per_s, row.deliveries_per_s,
-        row.p99_us as f64 / 1e3, row.max_us as f64 / 1e3, row.server_cpu_percent, row.loadgen_cpu_percent
+        row.p99_us as f64 / 1e3, row.max_us as f64 / 1e3,
+        row.server_cpu_percent.map_or("-".to_string(), |c| format!("{c:.1}%")), row.loadgen_cpu_percent
     );
     match done {
         Some(done) => {
