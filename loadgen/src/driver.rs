@@ -72,6 +72,9 @@ struct Client {
     schedule: Schedule,
     /// When the client entered its room, µs since the epoch.
     entered_us: u64,
+    /// When the current entry attempt began (its first connect to the
+    /// director, retries included); `u64::MAX` between entries.
+    enter_began_us: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +158,7 @@ impl Driver {
                     order: SeqCheck::default(),
                     schedule: Schedule::new(cfg.seed, i),
                     entered_us: u64::MAX,
+                    enter_began_us: u64::MAX,
                 }
             })
             .collect();
@@ -182,6 +186,10 @@ impl Driver {
     }
 
     fn start(&mut self, cx: &mut Ctx<Control>, local: usize) {
+        let began = &mut self.clients[local].enter_began_us;
+        if *began == u64::MAX {
+            *began = self.shared.now_us();
+        }
         match cx.connect_from(self.cfg.director, self.cfg.source_ip) {
             Ok(conn) => {
                 let c = &mut self.clients[local];
@@ -249,6 +257,11 @@ impl Driver {
         c.phase = Phase::Entered;
         c.retries = 0;
         c.entered_us = now;
+        self.shared.entered(
+            self.idx,
+            std::mem::replace(&mut c.enter_began_us, u64::MAX),
+            now,
+        );
         self.shared.loops[self.idx].connected_add(1);
         self.shared.room_members[c.room].fetch_add(1, Relaxed);
         // First utterance: a Poisson arrival after speaking starts.

@@ -81,6 +81,11 @@ pub struct WindowHists {
     /// Per such utterance: first copy to last.
     #[serde(with = "hex_histogram")]
     pub fanout_spread: Histogram<u64>,
+    /// Per entry into a room, ramp and re-entries included: from the first
+    /// connect of the attempt (for Elko, to the director) to being in the
+    /// room (Elko: the Snapshot; a peer: its subscription confirmed).
+    #[serde(with = "hex_histogram")]
+    pub enter: Histogram<u64>,
 }
 
 impl Default for WindowHists {
@@ -90,6 +95,7 @@ impl Default for WindowHists {
             uncorrected: new_histogram(),
             first_copy: new_histogram(),
             fanout_spread: new_histogram(),
+            enter: new_histogram(),
         }
     }
 }
@@ -101,6 +107,7 @@ impl WindowHists {
         let _ = self.uncorrected.add(&o.uncorrected);
         let _ = self.first_copy.add(&o.first_copy);
         let _ = self.fanout_spread.add(&o.fanout_spread);
+        let _ = self.enter.add(&o.enter);
     }
 }
 
@@ -412,6 +419,17 @@ impl Shared {
         );
         if let Some(f) = fanout {
             h.record_fanout(f);
+        }
+    }
+
+    /// Account one entry into a room on loop `lp`, begun at `began_us`
+    /// (`u64::MAX`: not timed, so not recorded).
+    pub fn entered(&self, lp: usize, began_us: u64, now_us: u64) {
+        if began_us != u64::MAX {
+            record_clamped(
+                &mut self.hists[lp].lock().window.enter,
+                now_us.saturating_sub(began_us),
+            );
         }
     }
 

@@ -82,7 +82,7 @@ const RATIOS: [RatioFigure; 4] = [
 type Metric = (&'static str, usize, fn(&Report) -> f64);
 
 /// What is summarised for each target: name, decimals shown, value.
-const METRICS: [Metric; 9] = [
+const METRICS: [Metric; 10] = [
     ("server_cpu_us_per_delivery", 2, |r| {
         r.server_cpu_us_per_delivery.unwrap_or(f64::NAN)
     }),
@@ -97,6 +97,9 @@ const METRICS: [Metric; 9] = [
     }),
     ("fanout_spread_p99_ms", 2, |r| {
         r.fanout_spread_us.p99 as f64 / 1000.0
+    }),
+    ("enter_p99_ms", 2, |r| {
+        r.enter_latency_us.p99 as f64 / 1000.0
     }),
     ("loadgen_cpu_percent_of_core", 1, |r| {
         r.loadgen_cpu_percent_of_core

@@ -171,6 +171,14 @@ pub struct Report {
     pub fanout_spread_us: Percentiles,
     /// Utterances those two cover.
     pub fanouts_complete: u64,
+    /// Per entry into a room (the ramp and any re-entry, not only the
+    /// steady state): from the first connect of the attempt to being in the
+    /// room. Elko: director, redirect, context server handshake, Enter,
+    /// Snapshot (with the context's activation when it is the first member);
+    /// a peer: connect and subscribe, confirmed.
+    pub enter_latency_us: Percentiles,
+    /// Entries that latency covers.
+    pub entries: u64,
     pub server: ServerReport,
     pub loadgen_cpu_percent_of_core: f64,
     pub loadgen_processes: usize,
@@ -352,6 +360,22 @@ impl Report {
             ms(sp.max),
             self.fanouts_complete,
             self.utterances_sent
+        );
+        let e = &self.enter_latency_us;
+        let label = if self.target == "elko" {
+            "entering (director to Snapshot):"
+        } else {
+            "entering (connect to subscribed):"
+        };
+        let _ = writeln!(
+            o,
+            "{label:<40}p50 {} p90 {} p99 {} p99.9 {} max {}   ({} entries, ramp included)",
+            ms(e.p50),
+            ms(e.p90),
+            ms(e.p99),
+            ms(e.p999),
+            ms(e.max),
+            self.entries
         );
         match self.server_cpu_us_per_delivery {
             Some(us) => {
@@ -968,6 +992,13 @@ pub fn comparison(reports: &[Report]) -> String {
             ms_short(r.fanout_spread_us.p99)
         )
     });
+    line(&mut o, "entering p50 / p99", &|r| {
+        format!(
+            "{} / {}",
+            ms_short(r.enter_latency_us.p50),
+            ms_short(r.enter_latency_us.p99)
+        )
+    });
     let measured = |x: Option<f64>, scale: f64, decimals: usize| {
         x.map_or("-".to_string(), |x| format!("{:.*}", decimals, x / scale))
     };
@@ -1036,6 +1067,8 @@ pub(crate) mod tests {
             first_copy_latency_us: Percentiles::of(&h),
             fanout_spread_us: Percentiles::of(&h),
             fanouts_complete: 16_000,
+            enter_latency_us: Percentiles::of(&h),
+            entries: 8000,
             server: ServerReport {
                 cpu_percent_of_core: Some(5.0),
                 rss_bytes: 30 << 20,
@@ -1143,6 +1176,8 @@ pub(crate) mod tests {
             "git_sha",
             "machine",
             "fanouts_complete",
+            "enter_latency_us",
+            "entries",
         ] {
             assert!(v.get(key).is_some(), "no {key}");
         }

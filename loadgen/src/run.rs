@@ -520,6 +520,8 @@ fn drive(
         first_copy_latency_us: Percentiles::of(&hists.first_copy),
         fanout_spread_us: Percentiles::of(&hists.fanout_spread),
         fanouts_complete: hists.fanout_spread.len(),
+        enter_latency_us: Percentiles::of(&hists.enter),
+        entries: hists.enter.len(),
         loadgen_cpu_percent_of_core: totals.percent(totals.gen_cpu_s),
         loadgen_processes: shares,
         machine_cpu_percent_of_core: totals.percent(totals.machine.busy_s),

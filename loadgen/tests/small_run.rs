@@ -458,6 +458,12 @@ fn assert_all_delivered(v: &serde_json::Value, clients: u64) {
     assert!(first["p50"].as_u64() > Some(0));
     assert!(first["p50"].as_u64() <= v["latency_us"]["p50"].as_u64());
     assert!(spread["max"].as_u64() <= v["latency_us"]["max"].as_u64());
+    // Every client entered once, and each entry was timed (across generator
+    // processes too).
+    assert_eq!(v["entries"], clients, "{v}");
+    let enter = &v["enter_latency_us"];
+    assert!(enter["p50"].as_u64() > Some(0), "{enter}");
+    assert!(enter["p50"].as_u64() <= enter["max"].as_u64(), "{enter}");
 }
 
 #[test]

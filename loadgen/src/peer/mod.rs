@@ -81,6 +81,9 @@ struct Client {
     senders: Vec<SeqCheck>,
     /// When the subscription was in place, µs since the epoch.
     entered_us: u64,
+    /// When the current attempt to subscribe began (its first connect,
+    /// retries included); `u64::MAX` between entries.
+    enter_began_us: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -197,6 +200,7 @@ impl<W: Wire> PeerLoop<W> {
                     schedule: Schedule::new(cfg.seed, i),
                     senders: Vec::new(),
                     entered_us: u64::MAX,
+                    enter_began_us: u64::MAX,
                 })
                 .collect(),
             channels: (0..rooms).map(W::channel).collect(),
@@ -295,6 +299,10 @@ impl<W: Wire> PeerLoop<W> {
     }
 
     fn connect(&mut self, local: usize) {
+        let began = &mut self.clients[local].enter_began_us;
+        if *began == u64::MAX {
+            *began = self.shared.now_us();
+        }
         let stream = match open_stream(self.cfg.addr, self.cfg.source_ip) {
             Ok(s) => s,
             Err(e) => {
@@ -365,6 +373,11 @@ impl<W: Wire> PeerLoop<W> {
         c.phase = Phase::Ready;
         c.retries = 0;
         c.entered_us = now;
+        self.shared.entered(
+            self.idx,
+            std::mem::replace(&mut c.enter_began_us, u64::MAX),
+            now,
+        );
         self.shared.loops[self.idx].connected_add(1);
         self.shared.room_members[c.room].fetch_add(1, Relaxed);
         let start = self.shared.window.speak_start_us.max(now);
