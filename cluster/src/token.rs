@@ -25,7 +25,8 @@ use crate::secret::ClusterSecret;
 use elko_protocol::ErrorCode;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 
 const DOMAIN: &[u8] = b"elko-token-v1";
 const VERSION: u8 = 1;
@@ -236,43 +237,53 @@ fn parse(body: &[u8]) -> Result<TokenClaims, TokenError> {
     })
 }
 
+/// How long past its expiry a used nonce is still remembered (clock skew
+/// between the director that issued a token and the server checking it).
+const REPLAY_SLACK_MS: u64 = 60_000;
+
 /// Remembers used token nonces until they expire.
+///
+/// Each check costs O(log n): nonces are forgotten in order of expiry from a
+/// min-heap, a few at a time as checks come. (It used to scan the whole map
+/// at every check once 4096 nonces were remembered, which is every check of
+/// a busy server: 8000 clients entering within a token's lifetime made each
+/// Enter walk thousands of entries.)
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
-    used: HashMap<u64, u64>,
-    checks_since_purge: usize,
+    used: HashSet<u64>,
+    /// (forget at, nonce), earliest first.
+    expiries: BinaryHeap<Reverse<(u64, u64)>>,
 }
 
 impl ReplayGuard {
     /// Record a use of `claims`; refuse a second use.
     pub fn check_and_mark(&mut self, claims: &TokenClaims, now_ms: u64) -> Result<(), TokenError> {
-        self.checks_since_purge += 1;
-        if self.checks_since_purge >= 1024 || self.used.len() >= 4096 {
-            self.purge(now_ms);
-        }
-        if self
-            .used
-            .insert(claims.nonce, claims.expires_at_ms)
-            .is_some()
-        {
+        self.purge(now_ms);
+        if !self.used.insert(claims.nonce) {
             return Err(TokenError::Replayed {
                 nonce: claims.nonce,
             });
         }
+        let forget_at = claims.expires_at_ms.saturating_add(REPLAY_SLACK_MS);
+        self.expiries.push(Reverse((forget_at, claims.nonce)));
         Ok(())
     }
 
-    /// Forget nonces whose tokens have expired (they fail the expiry check anyway).
+    /// Forget nonces whose tokens have expired (they fail the expiry check
+    /// anyway), with a minute of slack for clock skew.
     pub fn purge(&mut self, now_ms: u64) {
-        self.checks_since_purge = 0;
-        // Keep a minute of slack beyond expiry for clock skew.
-        self.used
-            .retain(|_, exp| exp.saturating_add(60_000) >= now_ms);
+        while let Some(&Reverse((forget_at, nonce))) = self.expiries.peek() {
+            if forget_at >= now_ms {
+                break;
+            }
+            self.expiries.pop();
+            self.used.remove(&nonce);
+        }
     }
 
     /// Whether the token with this nonce was already used (and not yet forgotten).
     pub fn seen(&self, nonce: u64) -> bool {
-        self.used.contains_key(&nonce)
+        self.used.contains(&nonce)
     }
 
     /// Nonces remembered.
@@ -386,5 +397,48 @@ mod tests {
         assert_eq!(g.len(), 10);
         g.purge(1_000_000);
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn nonces_are_forgotten_in_order_of_expiry_and_replays_refused_until_then() {
+        let (i, _) = pair(); // tokens live 30 s
+        let mut g = ReplayGuard::default();
+        // Issued out of order (two directors' clocks): expiry decides.
+        let (_, late) = i.issue("r", "u", 10_000); // forgotten after 100 s
+        let (_, early) = i.issue("r", "u", 0); // after 90 s
+        g.check_and_mark(&late, 10_000).expect("fresh");
+        g.check_and_mark(&early, 10_000).expect("fresh");
+        // A replay within the lifetime plus slack is refused, and refusing
+        // it does not make the guard forget the first use.
+        for now in [20_000, 89_999, 90_000] {
+            assert_eq!(
+                g.check_and_mark(&early, now),
+                Err(TokenError::Replayed { nonce: early.nonce }),
+                "at {now} ms"
+            );
+        }
+        assert_eq!(g.len(), 2);
+        // Any check purges what has expired by then: the earlier one only.
+        let (_, other) = i.issue("r", "v", 90_001);
+        g.check_and_mark(&other, 90_001).expect("fresh");
+        assert!(!g.seen(early.nonce) && g.seen(late.nonce));
+        assert_eq!(g.len(), 2);
+        g.purge(100_001);
+        assert!(!g.seen(late.nonce) && g.seen(other.nonce));
+    }
+
+    #[test]
+    fn a_guard_holding_many_nonces_stays_bounded_by_expiry() {
+        // 100 000 entries within one token lifetime, then all forgotten.
+        let (i, _) = pair();
+        let mut g = ReplayGuard::default();
+        for k in 0..100_000u64 {
+            let (_, c) = i.issue("r", "u", k / 10);
+            g.check_and_mark(&c, k / 10).expect("fresh");
+        }
+        assert_eq!(g.len(), 100_000);
+        let (_, c) = i.issue("r", "u", 200_000);
+        g.check_and_mark(&c, 200_000).expect("fresh");
+        assert_eq!(g.len(), 1, "only the newest is remembered");
     }
 }
