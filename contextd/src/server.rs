@@ -62,7 +62,10 @@ impl Server {
                 "using the development cluster secret: only loopback addresses are allowed"
             );
         }
-        let _ = elko_engine::raise_fd_limit(1 << 20);
+        if let Ok(limit) = elko_engine::raise_fd_limit(1 << 20) {
+            // Before any thread starts, so growing it now costs no RCU wait.
+            let _ = elko_engine::reserve_fd_table(limit.min(elko_engine::FD_TABLE_RESERVE));
+        }
         let store = Arc::new(CheckpointStore::open(&cfg.checkpoint_dir)?);
         let ecfg = EngineConfig {
             loops: cfg.workers,

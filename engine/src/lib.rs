@@ -71,3 +71,36 @@ pub fn raise_fd_limit(want: u64) -> std::io::Result<u64> {
     }
     Ok(lim.rlim_cur as u64)
 }
+
+/// The descriptor table a server reserves at start ([`reserve_fd_table`]):
+/// 65 536 slots, 512 KiB of kernel memory.
+pub const FD_TABLE_RESERVE: u64 = 1 << 16;
+
+/// Grow this process's descriptor table now, to hold descriptors below `n`
+/// (at most the soft `RLIMIT_NOFILE`), so that accepting and connecting do
+/// not grow it later.
+///
+/// The kernel grows the table by doubling when a new descriptor does not fit,
+/// and in a multi-threaded process each growth first waits for an RCU grace
+/// period (`expand_fdtable`): on this project's VM, 10-30 ms during which the
+/// `accept` or `socket` call that crossed 256, 512, ... 8192 descriptors
+/// blocks its whole event loop (every client entering at that moment waited
+/// as long). Call it before starting threads; the table never shrinks.
+pub fn reserve_fd_table(n: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let limit = process::max_fds().unwrap_or(n);
+    let Some(highest) = n.min(limit).checked_sub(1) else {
+        return Ok(());
+    };
+    let highest = libc::c_int::try_from(highest).unwrap_or(libc::c_int::MAX);
+    let any = std::fs::File::open("/dev/null")?;
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own onto the lowest
+    // free number >= `highest`; the copy is closed at once.
+    let fd = unsafe { libc::fcntl(any.as_raw_fd(), libc::F_DUPFD_CLOEXEC, highest) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the descriptor fcntl just made for us.
+    unsafe { libc::close(fd) };
+    Ok(())
+}

@@ -78,7 +78,7 @@ fn boot_time_s() -> Option<u64> {
 }
 
 /// The soft limit on open descriptors.
-fn max_fds() -> Option<u64> {
+pub(crate) fn max_fds() -> Option<u64> {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -147,6 +147,36 @@ pub fn write_process_metrics(out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This process's descriptor table size (`FDSize` in /proc/self/status).
+    fn fd_table_size() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("FDSize")
+    }
+
+    #[test]
+    fn the_descriptor_table_is_reserved_up_front_and_no_descriptor_is_left_open() {
+        let limit = crate::raise_fd_limit(1 << 20).expect("rlimit");
+        let want = limit.min(8192);
+        crate::reserve_fd_table(want).expect("reserve");
+        assert!(
+            fd_table_size() >= want,
+            "FDSize {} < {want}",
+            fd_table_size()
+        );
+        let probe = format!("/proc/self/fd/{}", want - 1);
+        assert!(
+            !std::path::Path::new(&probe).exists(),
+            "the probe is closed"
+        );
+        // Asking past the soft limit reserves up to it and does not fail.
+        crate::reserve_fd_table(u64::MAX).expect("clamped to the limit");
+        crate::reserve_fd_table(0).expect("nothing to do");
+    }
 
     #[test]
     fn a_stat_line_parses_even_with_a_hostile_command_name() {
