@@ -19,7 +19,7 @@ use crate::config::AcceptMode;
 use crate::conn::{Conn, Phase, Transfer};
 use crate::ctx::{Ctx, FIRST_CONN_TOKEN, FIRST_LISTENER_TOKEN, MAX_LISTENERS};
 use crate::handler::Handler;
-use crate::mailbox::Mail;
+use crate::mailbox::{Mail, PostError};
 use crate::out_queue::SocketSink;
 use crate::stats::LoopStats;
 use crate::timer::TimerKind;
@@ -825,10 +825,13 @@ impl<H: Handler> EventLoop<H> {
             challenge: conn.challenge,
         };
         if let Err(e) = self.cx.shared.mailboxes[to].send(Mail::Adopt(Box::new(t), mail)) {
-            drop(e);
-            self.cx.stats.count_close(CloseKind::MailboxFull);
-            self.handler
-                .on_close(&mut self.cx, conn.id, &CloseReason::MailboxFull);
+            // The stream goes with the mail; its peer sees the close.
+            let reason = match e {
+                PostError::Full(_) => CloseReason::MailboxFull,
+                PostError::Stopped(_) => CloseReason::Shutdown, // the target loop has ended
+            };
+            self.cx.stats.count_close(reason.kind());
+            self.handler.on_close(&mut self.cx, conn.id, &reason);
         }
     }
 
