@@ -381,11 +381,14 @@ impl Report {
             Some(us) => {
                 let _ = writeln!(o, "server CPU per delivery: {us:.2} µs");
             }
-            None => {
+            None if self.server.processes.is_empty() => {
                 let _ = writeln!(
                     o,
                     "server CPU and memory: not measured (the generator did not start the servers: name their processes with --server-pid PID or --server-metrics HOST:PORT)"
                 );
+            }
+            None => {
+                let _ = writeln!(o, "server CPU per delivery: none (nothing delivered)");
             }
         }
         for p in &self.server.processes {
