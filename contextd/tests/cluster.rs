@@ -570,9 +570,22 @@ fn a_restarted_director_routes_to_the_contexts_already_active() {
     // there instead of a second instance being activated elsewhere.
     const ROOMS: usize = 6;
     let dir = TempDir::new("restart");
-    let mut d = start_director(100);
-    let _a = start_contextd(&[&d], &dir.0, "cd-a", &[]);
-    let _b = start_contextd(&[&d], &dir.0, "cd-b", &[]);
+    // A secret of this test's own: the dead director's ports are free until
+    // the new one binds them, and another test's director that got one of
+    // them must not take these context servers' registrations (nor the new
+    // director theirs).
+    let keys = TempDir::new("restart-secret");
+    let secret = keys.0.join("secret");
+    let key = format!(
+        "restart-test-{}-{:?}",
+        std::process::id(),
+        SystemTime::now()
+    );
+    std::fs::write(&secret, key).expect("secret file");
+    let flags = ["--secret-file", secret.to_str().expect("utf-8 path")];
+    let mut d = start_director_with(100, &flags);
+    let _a = start_contextd(&[&d], &dir.0, "cd-a", &flags);
+    let _b = start_contextd(&[&d], &dir.0, "cd-b", &flags);
     let enter = |d: &Director, user: &str, room: &str| {
         wait_for(Duration::from_secs(10), "entry", || {
             let (addr, tok) = std::panic::catch_unwind(|| ask(d.clients, user, room)).ok()?;
@@ -593,7 +606,7 @@ fn a_restarted_director_routes_to_the_contexts_already_active() {
     let (clients, providers) = (d.clients.to_string(), d.providers.to_string());
     d.proc.child.kill().expect("SIGKILL the director");
     let _ = d.proc.child.wait();
-    let d2 = start_director_at(&clients, &providers, 100, &[]);
+    let d2 = start_director_at(&clients, &providers, 100, &flags);
     for (i, m) in first.iter_mut().enumerate() {
         let room = format!("room/r{i}");
         let late = enter(&d2, &format!("late{i}"), &room);
