@@ -62,10 +62,9 @@ impl Server {
                 "using the development cluster secret: only loopback addresses are allowed"
             );
         }
-        if let Ok(limit) = elko_engine::raise_fd_limit(1 << 20) {
-            // Before any thread starts, so growing it now costs no RCU wait.
-            let _ = elko_engine::reserve_fd_table(limit.min(elko_engine::FD_TABLE_RESERVE));
-        }
+        // Before any thread starts, so reserving the descriptor table costs
+        // no RCU wait.
+        let _ = elko_engine::raise_fd_limit(1 << 20);
         let store = Arc::new(CheckpointStore::open(&cfg.checkpoint_dir)?);
         let ecfg = EngineConfig {
             loops: cfg.workers,

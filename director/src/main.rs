@@ -54,9 +54,7 @@ fn main() -> ExitCode {
     // Every client holds a descriptor while it asks; a crowd arriving at once
     // (a restart, a drained server's clients) must not wait for the table to
     // grow. Before any thread starts, so growing it costs no RCU wait.
-    if let Ok(limit) = elko_engine::raise_fd_limit(1 << 20) {
-        let _ = elko_engine::reserve_fd_table(limit.min(elko_engine::FD_TABLE_RESERVE));
-    }
+    let _ = elko_engine::raise_fd_limit(1 << 20);
 
     // Signals first, so one arriving during start-up is not fatal.
     let (sig_tx, sig_rx) = mpsc::channel();

@@ -49,8 +49,9 @@ pub use stats::{write_metric_family, write_prometheus, LoopStats, LoopStatsSnaps
 pub use timer::TimerId;
 pub use timerfd::TimerFd;
 
-/// Raise the soft `RLIMIT_NOFILE` to the hard limit (or `want`, if lower).
-/// Returns the soft limit now in force.
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit (or `want`, if lower),
+/// and reserve the descriptor table up to it (at most [`FD_TABLE_RESERVE`]
+/// slots; see [`reserve_fd_table`]). Returns the soft limit now in force.
 #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
 pub fn raise_fd_limit(want: u64) -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
@@ -69,11 +70,14 @@ pub fn raise_fd_limit(want: u64) -> std::io::Result<u64> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok(lim.rlim_cur as u64)
+    let limit = lim.rlim_cur as u64;
+    // Best effort: without it, growing the table later only costs time.
+    let _ = reserve_fd_table(limit.min(FD_TABLE_RESERVE));
+    Ok(limit)
 }
 
-/// The descriptor table a server reserves at start ([`reserve_fd_table`]):
-/// 65 536 slots, 512 KiB of kernel memory.
+/// The descriptor table [`raise_fd_limit`] reserves: 65 536 slots, 512 KiB
+/// of kernel memory.
 pub const FD_TABLE_RESERVE: u64 = 1 << 16;
 
 /// Grow this process's descriptor table now, to hold descriptors below `n`
@@ -85,7 +89,8 @@ pub const FD_TABLE_RESERVE: u64 = 1 << 16;
 /// period (`expand_fdtable`): on this project's VM, 10-30 ms during which the
 /// `accept` or `socket` call that crossed 256, 512, ... 8192 descriptors
 /// blocks its whole event loop (every client entering at that moment waited
-/// as long). Call it before starting threads; the table never shrinks.
+/// as long). Call it before starting threads (servers do, through
+/// [`raise_fd_limit`]); the table never shrinks.
 pub fn reserve_fd_table(n: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let limit = process::max_fds().unwrap_or(n);

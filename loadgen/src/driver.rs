@@ -186,10 +186,8 @@ impl Driver {
     }
 
     fn start(&mut self, cx: &mut Ctx<Control>, local: usize) {
-        let began = &mut self.clients[local].enter_began_us;
-        if *began == u64::MAX {
-            *began = self.shared.now_us();
-        }
+        self.shared
+            .entry_attempt(&mut self.clients[local].enter_began_us);
         match cx.connect_from(self.cfg.director, self.cfg.source_ip) {
             Ok(conn) => {
                 let c = &mut self.clients[local];
@@ -257,11 +255,7 @@ impl Driver {
         c.phase = Phase::Entered;
         c.retries = 0;
         c.entered_us = now;
-        self.shared.entered(
-            self.idx,
-            std::mem::replace(&mut c.enter_began_us, u64::MAX),
-            now,
-        );
+        self.shared.entered(self.idx, &mut c.enter_began_us, now);
         self.shared.loops[self.idx].connected_add(1);
         self.shared.room_members[c.room].fetch_add(1, Relaxed);
         // First utterance: a Poisson arrival after speaking starts.

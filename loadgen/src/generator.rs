@@ -136,9 +136,9 @@ impl LocalGen {
         let s = &spec.scenario;
         let deal = s.deal(spec.share, spec.shares, s.gen_loops.max(1));
         let mine: usize = deal.iter().map(Vec::len).sum();
+        // Also reserves the descriptor table: connecting thousands of clients
+        // then never waits for it to grow.
         let limit = elko_engine::raise_fd_limit(1 << 20).unwrap_or(1024);
-        // Connecting thousands of clients then never waits for the table to grow.
-        let _ = elko_engine::reserve_fd_table(limit.min(elko_engine::FD_TABLE_RESERVE));
         let need = mine as u64 + mine as u64 / 20 + 64;
         if need > limit {
             return Err(GenError::Descriptors {

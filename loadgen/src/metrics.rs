@@ -422,13 +422,23 @@ impl Shared {
         }
     }
 
-    /// Account one entry into a room on loop `lp`, begun at `began_us`
-    /// (`u64::MAX`: not timed, so not recorded).
-    pub fn entered(&self, lp: usize, began_us: u64, now_us: u64) {
-        if began_us != u64::MAX {
+    /// An attempt to enter a room starts now, unless one is under way
+    /// (`began_us`: a client's entry start, `u64::MAX` between entries), so
+    /// retries count from the first attempt.
+    pub fn entry_attempt(&self, began_us: &mut u64) {
+        if *began_us == u64::MAX {
+            *began_us = self.now_us();
+        }
+    }
+
+    /// Account one entry into a room on loop `lp`, at `now_us`, begun at
+    /// `began_us` (reset to `u64::MAX`; if it was, not timed, so not recorded).
+    pub fn entered(&self, lp: usize, began_us: &mut u64, now_us: u64) {
+        let began = std::mem::replace(began_us, u64::MAX);
+        if began != u64::MAX {
             record_clamped(
                 &mut self.hists[lp].lock().window.enter,
-                now_us.saturating_sub(began_us),
+                now_us.saturating_sub(began),
             );
         }
     }

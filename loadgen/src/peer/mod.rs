@@ -299,10 +299,8 @@ impl<W: Wire> PeerLoop<W> {
     }
 
     fn connect(&mut self, local: usize) {
-        let began = &mut self.clients[local].enter_began_us;
-        if *began == u64::MAX {
-            *began = self.shared.now_us();
-        }
+        self.shared
+            .entry_attempt(&mut self.clients[local].enter_began_us);
         let stream = match open_stream(self.cfg.addr, self.cfg.source_ip) {
             Ok(s) => s,
             Err(e) => {
@@ -373,11 +371,7 @@ impl<W: Wire> PeerLoop<W> {
         c.phase = Phase::Ready;
         c.retries = 0;
         c.entered_us = now;
-        self.shared.entered(
-            self.idx,
-            std::mem::replace(&mut c.enter_began_us, u64::MAX),
-            now,
-        );
+        self.shared.entered(self.idx, &mut c.enter_began_us, now);
         self.shared.loops[self.idx].connected_add(1);
         self.shared.room_members[c.room].fetch_add(1, Relaxed);
         let start = self.shared.window.speak_start_us.max(now);
