@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 pub struct ContextLock {
     file: File,
     path: PathBuf,
+    /// The lock file's descriptor stays open while the context is active:
+    /// counted against the connection budget (see `elko_engine::HeldFd`).
+    _counted: elko_engine::HeldFd,
 }
 
 /// Why a lock was not taken.
@@ -71,7 +74,11 @@ impl ContextLock {
         file.set_len(0).map_err(io_err)?;
         file.rewind().map_err(io_err)?;
         file.write_all(holder.as_bytes()).map_err(io_err)?;
-        Ok(ContextLock { file, path })
+        Ok(ContextLock {
+            file,
+            path,
+            _counted: elko_engine::HeldFd::new(),
+        })
     }
 
     /// The lock file's path.

@@ -148,6 +148,7 @@ impl<M: Send + 'static> Engine<M> {
         let shared = Arc::new(Shared {
             mailboxes,
             stats: (0..n).map(|_| Arc::new(LoopStats::default())).collect(),
+            fd_limit: crate::process::max_fds().unwrap_or(u64::MAX),
         });
         let cfg = Arc::new(cfg);
         let factory = Arc::new(factory);

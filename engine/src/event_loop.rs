@@ -43,6 +43,33 @@ pub(crate) const TIMER_TOKEN: Token = Token(1);
 const MAIL_BUDGET: usize = 4096;
 /// How long to wait before retrying accept after running out of descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Most one warning of a kind per this long (the rest are counted).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A warning that may repeat thousands of times a second (a full server
+/// refusing a crowd): say it once per [`WARN_EVERY`], with how many times
+/// it was held back since.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    /// `Some(times held back)` if the warning is due now.
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < WARN_EVERY => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
 
 pub(crate) struct EventLoop<H: Handler> {
     pub(crate) handler: H,
@@ -56,6 +83,12 @@ pub(crate) struct EventLoop<H: Handler> {
     /// `FrameDecoder::extend_shared`): no allocation per read.
     rx_block: BytesMut,
     reserve_fd: Option<File>,
+    /// Per listener: paused after running out of descriptors.
+    accept_paused: Vec<bool>,
+    /// Warnings about running out of descriptors, and about refusing at
+    /// the descriptor budget: one per [`WARN_EVERY`] each.
+    fd_warn: Throttle,
+    budget_warn: Throttle,
     shutdown_deadline: Option<Instant>,
     accept_rr: usize,
     server_full_frame: Bytes,
@@ -88,7 +121,10 @@ impl<H: Handler> EventLoop<H> {
             cx,
             poll,
             mail_rx,
+            accept_paused: vec![false; listeners.len()],
             listeners,
+            fd_warn: Throttle::default(),
+            budget_warn: Throttle::default(),
             scratch: vec![0; 64 * 1024],
             rx_block: BytesMut::with_capacity(64 * 1024),
             reserve_fd: File::open("/dev/null").ok(),
@@ -440,6 +476,10 @@ impl<H: Handler> EventLoop<H> {
     // ---- accepting --------------------------------------------------------------
 
     fn accept_ready(&mut self, li: usize) {
+        // Paused after running out of descriptors: the retry timer resumes.
+        if self.accept_paused.get(li).copied().unwrap_or(false) {
+            return;
+        }
         loop {
             let Some(Some(listener)) = self.listeners.get(li) else {
                 return;
@@ -453,49 +493,74 @@ impl<H: Handler> EventLoop<H> {
                     // tell it the server is full, and take the reserve back.
                     // Without this, an edge-triggered listener would leave
                     // the peer hanging in the backlog.
-                    if self.reserve_fd.take().is_some() {
-                        // More peers may wait after one refused, or after
-                        // one that gave up before it was accepted.
-                        let more = match listener.accept() {
-                            Ok((stream, peer)) => {
-                                tracing::warn!(%peer, "out of file descriptors; refusing connection as SERVER_FULL");
-                                self.refuse_full(stream);
-                                true
+                    if self.reserve_fd.take().is_none() {
+                        return self.pause_accept(li, "out of file descriptors");
+                    }
+                    // More peers may wait after one refused, or after one
+                    // that gave up before it was accepted.
+                    let more = match listener.accept() {
+                        Ok((stream, peer)) => {
+                            let now = Instant::now();
+                            if let Some(n) = self.fd_warn.due(now) {
+                                tracing::warn!(%peer, refused_before = n, "out of file descriptors; refusing connections as SERVER_FULL");
                             }
-                            Err(e) => matches!(
-                                e.kind(),
-                                io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-                            ),
-                        };
-                        self.reserve_fd = File::open("/dev/null").ok();
-                        // The kernel reports EMFILE before it looks at the
-                        // backlog: with nobody waiting, the next accept fails
-                        // the same way again, so stop here unless more may wait.
-                        if !more {
-                            return;
+                            self.refuse_full(stream);
+                            true
                         }
-                    } else {
-                        tracing::warn!(
-                            "out of file descriptors; retrying accept in {ACCEPT_RETRY:?}"
-                        );
-                        self.cx
-                            .timers
-                            .add(Instant::now() + ACCEPT_RETRY, TimerKind::AcceptRetry(li));
+                        Err(e) => matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                        ),
+                    };
+                    // Another loop may have taken the freed descriptor: then
+                    // pause, and take the reserve back at the retry.
+                    self.reserve_fd = File::open("/dev/null").ok();
+                    if self.reserve_fd.is_none() {
+                        return self.pause_accept(li, "out of file descriptors");
+                    }
+                    // The kernel reports EMFILE before it looks at the
+                    // backlog: with nobody waiting, the next accept fails
+                    // the same way again, so stop here unless more may wait.
+                    if !more {
                         return;
                     }
                 }
                 Err(e)
                     if e.kind() == io::ErrorKind::Interrupted
                         || e.kind() == io::ErrorKind::ConnectionAborted => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; retrying in {ACCEPT_RETRY:?}");
-                    self.cx
-                        .timers
-                        .add(Instant::now() + ACCEPT_RETRY, TimerKind::AcceptRetry(li));
-                    return;
-                }
+                Err(e) => return self.pause_accept(li, &format!("accept failed: {e}")),
             }
         }
+    }
+
+    /// Stop accepting on listener `li` for [`ACCEPT_RETRY`]: readiness is
+    /// ignored until the retry timer, so a full process does not spin on an
+    /// edge-triggered listener that every new peer wakes. One warning per
+    /// [`WARN_EVERY`], with how many were held back.
+    fn pause_accept(&mut self, li: usize, why: &str) {
+        if let Some(p) = self.accept_paused.get_mut(li) {
+            *p = true;
+        }
+        if let Some(n) = self.fd_warn.due(Instant::now()) {
+            tracing::warn!(
+                pauses_before = n,
+                "{why}; not accepting for {ACCEPT_RETRY:?}"
+            );
+        }
+        self.cx
+            .timers
+            .add(Instant::now() + ACCEPT_RETRY, TimerKind::AcceptRetry(li));
+    }
+
+    /// The retry timer after [`pause_accept`](Self::pause_accept).
+    fn resume_accept(&mut self, li: usize) {
+        if let Some(p) = self.accept_paused.get_mut(li) {
+            *p = false;
+        }
+        if self.reserve_fd.is_none() {
+            self.reserve_fd = File::open("/dev/null").ok();
+        }
+        self.accept_ready(li);
     }
 
     fn place_accepted(&mut self, stream: TcpStream, peer: SocketAddr, li: u8) {
@@ -523,6 +588,22 @@ impl<H: Handler> EventLoop<H> {
         if self.cx.conns.len() >= self.cx.cfg.limits.max_connections_per_loop
             || self.cx.shutting_down
         {
+            self.refuse_full(stream);
+            return;
+        }
+        if self.cx.shared.at_fd_budget() {
+            if let Some(n) = self.budget_warn.due(Instant::now()) {
+                tracing::warn!(
+                    %peer,
+                    refused_before = n,
+                    limit = self.cx.shared.fd_limit,
+                    held = crate::held_fds(),
+                    headroom = crate::FD_HEADROOM,
+                    "refusing connections as SERVER_FULL: at the descriptor budget \
+                     (connections + held descriptors + headroom = RLIMIT_NOFILE); \
+                     raise the limit or add servers"
+                );
+            }
             self.refuse_full(stream);
             return;
         }
@@ -612,7 +693,7 @@ impl<H: Handler> EventLoop<H> {
                     let next = self.cx.now + self.cx.cfg.sweep_interval;
                     self.cx.timers.add(next, TimerKind::Sweep);
                 }
-                TimerKind::AcceptRetry(li) => self.accept_ready(li),
+                TimerKind::AcceptRetry(li) => self.resume_accept(li),
                 TimerKind::ShutdownDeadline => {}
             }
         }
@@ -883,4 +964,25 @@ fn rand_challenge() -> [u8; 16] {
         c.copy_from_slice(&t.as_nanos().to_le_bytes());
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_said_once_per_period_with_the_count_held_back() {
+        let mut t = Throttle::default();
+        let t0 = Instant::now();
+        assert_eq!(t.due(t0), Some(0), "the first is said");
+        for i in 1..=1000 {
+            assert_eq!(t.due(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(
+            t.due(t0 + WARN_EVERY),
+            Some(1000),
+            "then once more, with the count"
+        );
+        assert_eq!(t.due(t0 + WARN_EVERY + Duration::from_millis(1)), None);
+    }
 }

@@ -132,9 +132,23 @@ impl<M> Mailbox<M> {
 pub(crate) struct Shared<M> {
     pub(crate) mailboxes: Vec<Mailbox<M>>,
     pub(crate) stats: Vec<Arc<LoopStats>>,
+    /// The soft `RLIMIT_NOFILE` when the engine started (see `fd_budget`).
+    pub(crate) fd_limit: u64,
 }
 
 impl<M> Shared<M> {
+    /// Whether the process's connections (every loop's) have reached the
+    /// descriptor budget: a new peer is then refused SERVER_FULL.
+    pub(crate) fn at_fd_budget(&self) -> bool {
+        let conns: u64 = self
+            .stats
+            .iter()
+            .map(|s| s.connections.load(Ordering::Relaxed))
+            .sum();
+        let budget = crate::fd_budget::connection_budget(self.fd_limit, crate::held_fds());
+        conns >= budget as u64
+    }
+
     /// Application mail to loop `to`; hands it back if the mailbox is full,
     /// the loop has stopped or `to` is out of range.
     pub(crate) fn post(&self, to: usize, mail: M) -> Result<(), PostError<M>> {

@@ -9,6 +9,19 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+/// What to do about `e`: `usual` (a permissions or disk problem), unless the
+/// process ran out of descriptors, which no permission fixes.
+fn hint(e: &io::Error, usual: &'static str) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => {
+            "this process is out of file descriptors; raise its RLIMIT_NOFILE \
+             (or serve fewer connections per process)"
+        }
+        Some(libc::ENFILE) => "the system is out of file descriptors (fs.file-max)",
+        _ => usual,
+    }
+}
+
 /// A failed checkpoint operation. Each variant names the path or value involved.
 #[derive(Debug, Error)]
 pub enum CheckpointError {
@@ -22,19 +35,22 @@ pub enum CheckpointError {
 
     /// A checkpoint directory could not be created.
     #[error(
-        "cannot create checkpoint directory {path}: {source}; \
-         check that its parent exists and is writable"
+        "cannot create checkpoint directory {path}: {source}; {}",
+        hint(.source, "check that its parent exists and is writable")
     )]
     CreateDir { path: PathBuf, source: io::Error },
 
     /// A checkpoint directory could not be listed.
-    #[error("cannot list checkpoint directory {path}: {source}; check its permissions")]
+    #[error(
+        "cannot list checkpoint directory {path}: {source}; {}",
+        hint(.source, "check its permissions")
+    )]
     ListDir { path: PathBuf, source: io::Error },
 
     /// Writing the temp file for a new generation failed.
     #[error(
-        "cannot write checkpoint temp file {path}: {source}; \
-         check free space and permissions in the checkpoint directory"
+        "cannot write checkpoint temp file {path}: {source}; {}",
+        hint(.source, "check free space and permissions in the checkpoint directory")
     )]
     WriteTemp { path: PathBuf, source: io::Error },
 
@@ -60,13 +76,16 @@ pub enum CheckpointError {
     /// A generation file exists but could not be opened or mapped (not a corruption: an I/O or
     /// permission problem, so the store refuses to silently fall back to an older generation).
     #[error(
-        "cannot read checkpoint {path}: {source}; fix the file's permissions or the disk, \
-         then load again"
+        "cannot read checkpoint {path}: {source}; {}",
+        hint(.source, "fix the file's permissions or the disk, then load again")
     )]
     Read { path: PathBuf, source: io::Error },
 
     /// Removing a context's checkpoints failed.
-    #[error("cannot remove checkpoints in {path}: {source}; check its permissions")]
+    #[error(
+        "cannot remove checkpoints in {path}: {source}; {}",
+        hint(.source, "check its permissions")
+    )]
     Remove { path: PathBuf, source: io::Error },
 
     /// Other writers kept taking the generation numbers this save picked.
@@ -89,4 +108,25 @@ pub enum CheckpointError {
          make sure only one process has the context active, then load again"
     )]
     ListingChurn { dir: PathBuf, attempts: u32 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_is_not_called_a_permissions_problem() {
+        let e = |source| CheckpointError::ListDir {
+            path: "/ck/x".into(),
+            source,
+        };
+        let emfile = e(io::Error::from_raw_os_error(libc::EMFILE)).to_string();
+        assert!(
+            emfile.contains("out of file descriptors; raise its RLIMIT_NOFILE"),
+            "{emfile}"
+        );
+        assert!(!emfile.contains("permissions"), "{emfile}");
+        let denied = e(io::Error::from_raw_os_error(libc::EACCES)).to_string();
+        assert!(denied.ends_with("; check its permissions"), "{denied}");
+    }
 }
