@@ -344,6 +344,18 @@ impl Driver {
     }
 }
 
+/// The error kind for a connection to `from` that closed: an error the
+/// server sent names its code ("contextd_error: SERVER_FULL"), anything
+/// else the kind of close ("contextd_closed: peer_closed").
+fn closed_kind(from: &str, reason: &CloseReason) -> String {
+    match reason {
+        CloseReason::PeerError { code, .. } => {
+            format!("{from}_error: {}", code.name().unwrap_or("UNKNOWN"))
+        }
+        r => format!("{from}_closed: {}", r.kind().name()),
+    }
+}
+
 /// The error kind for a frame a client did not expect from `from`.
 fn unexpected(from: &str, ty: MessageType) -> String {
     format!("unexpected_frame_from_{from}: {}", ty.name())
@@ -443,8 +455,7 @@ impl Handler for Driver {
                 self.left(local);
                 self.clients[local].conn = None;
                 if was != Phase::Done {
-                    self.shared
-                        .error(&format!("contextd_closed: {}", reason.kind().name()));
+                    self.shared.error(&closed_kind("contextd", reason));
                     if self.shared.stop_sending.load(Relaxed) {
                         self.clients[local].phase = Phase::Done;
                     } else {
@@ -455,8 +466,7 @@ impl Handler for Driver {
             Some(Role::Director(local)) => {
                 let c = &self.clients[local];
                 if c.phase == Phase::AskingDirector && c.director_conn == Some(conn) {
-                    self.shared
-                        .error(&format!("director_closed: {}", reason.kind().name()));
+                    self.shared.error(&closed_kind("director", reason));
                     self.retry(cx, local);
                 }
             }
@@ -480,10 +490,19 @@ impl Handler for Driver {
         match mail {
             Control::ExitAll => {
                 for local in 0..self.clients.len() {
-                    if let (Phase::Entered, Some(conn)) =
-                        (self.clients[local].phase, self.clients[local].conn)
-                    {
-                        cx.send_msg(conn, &Exit {});
+                    let c = &self.clients[local];
+                    match (c.phase, c.conn) {
+                        (Phase::Entered, Some(conn)) => {
+                            cx.send_msg(conn, &Exit {});
+                        }
+                        // Still on the way in: stop here, so that no Snapshot
+                        // arrives for a client that is done.
+                        (Phase::AskingDirector | Phase::Entering, _) => {
+                            for conn in [c.director_conn, c.conn].into_iter().flatten() {
+                                cx.close(conn, CloseReason::Application(None));
+                            }
+                        }
+                        _ => {}
                     }
                     self.left(local);
                     self.clients[local].phase = Phase::Done;
@@ -523,6 +542,22 @@ mod tests {
             .iter()
             .all(|c| c.room == 1 && c.context == "room/1"));
         assert_eq!(d.clients[2].user, "user-7");
+    }
+
+    #[test]
+    fn a_server_error_is_reported_by_its_code() {
+        let full = CloseReason::PeerError {
+            code: ErrorCode::SERVER_FULL,
+            message: "server full".into(),
+        };
+        assert_eq!(
+            closed_kind("contextd", &full),
+            "contextd_error: SERVER_FULL"
+        );
+        assert_eq!(
+            closed_kind("director", &CloseReason::HandshakeTimeout),
+            "director_closed: handshake_timeout"
+        );
     }
 
     #[test]

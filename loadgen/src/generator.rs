@@ -139,7 +139,7 @@ impl LocalGen {
         // Also reserves the descriptor table: connecting thousands of clients
         // then never waits for it to grow.
         let limit = elko_engine::raise_fd_limit(1 << 20).unwrap_or(1024);
-        let need = mine as u64 + mine as u64 / 20 + 64;
+        let need = crate::scenario::gen_fds_needed(mine);
         if need > limit {
             return Err(GenError::Descriptors {
                 clients: mine,

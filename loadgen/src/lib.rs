@@ -10,6 +10,7 @@
 //! mio loops), [`metrics`] (per-loop counters and histograms),
 //! [`generator`] (loops in this process or in worker processes), [`run`]
 //! (the controller), [`stepper`] (the `max` preset's rate search),
+//! [`plan`] (what a run needs from this machine, checked before it starts),
 //! [`procs`] (server processes and /proc), [`report`],
 //! [`hlog`] (HdrHistogram interval logs) and [`threshold`].
 
@@ -21,6 +22,7 @@ pub mod hlog;
 pub mod metrics;
 pub mod payload;
 pub mod peer;
+pub mod plan;
 pub mod procs;
 pub mod repeat;
 pub mod report;

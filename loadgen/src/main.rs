@@ -2,13 +2,14 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 use elko_loadgen::generator::{worker_main, TargetKind};
-use elko_loadgen::procs::{default_bin_dir, MetricsUrl};
+use elko_loadgen::plan::{plan, Servers};
+use elko_loadgen::procs::{default_bin_dir, memory_available, MetricsUrl};
 use elko_loadgen::repeat::summarize;
 use elko_loadgen::report::{comparison, ratios, svg, Report};
 use elko_loadgen::run::{run, ServerProc, Target};
 use elko_loadgen::scenario::{
-    parse_count, parse_interval, parse_message_size, parse_period, parse_ramp, parse_rate, Preset,
-    Scenario,
+    fd_limit, parse_count, parse_interval, parse_message_size, parse_period, parse_ramp,
+    parse_rate, Preset, Scenario,
 };
 use elko_loadgen::threshold::{median_of, reports_of, Threshold};
 use std::net::SocketAddr;
@@ -72,7 +73,8 @@ struct ChatArgs {
     /// with the generator, `--workers 1` gives lower latency at high rates (see loadgen/RESULTS.md).
     #[arg(long, value_parser = parse_count)]
     workers: Option<usize>,
-    /// Context servers to start.
+    /// Context servers to start [default: 1, and as many more as the descriptor limit needs for
+    /// the clients: a room lives on one server].
     #[arg(long, value_parser = parse_count)]
     contextds: Option<usize>,
     /// Event loops per generator process.
@@ -266,9 +268,23 @@ fn main() {
             t.text
         ));
     }
+    // What the run needs from this machine, and what it will start.
+    let servers: Vec<Servers> = kinds
+        .iter()
+        .map(|&k| match target_of(&args, k) {
+            Target::LocalElko { .. } => Servers::Started(TargetKind::Elko),
+            Target::LocalPeer(k) => Servers::Started(k),
+            Target::Director(..) | Target::Peer(..) => Servers::Existing,
+        })
+        .collect();
+    let mut s = s;
+    if let Err(why) = plan(&mut s, &servers, fd_limit(), memory_available()) {
+        eprintln!("elko-loadgen: this run cannot be done here: {why}");
+        std::process::exit(2);
+    }
     let baseline = load_baseline(&args, kinds[0]);
     eprintln!(
-        "elko-loadgen: {} clients in {} rooms, one utterance per {} each (target {:.0} deliveries/s), ramp {:.0} s, steady {:.0} s, {} generator process(es); target {}",
+        "elko-loadgen: {} clients in {} rooms, one utterance per {} each (target {:.0} deliveries/s), ramp {:.0} s, steady {:.0} s, {} generator process(es){}; target {}",
         s.clients,
         s.rooms,
         if s.interval < Duration::from_secs(1) {
@@ -279,7 +295,12 @@ fn main() {
         s.target_deliveries_per_s(),
         s.ramp.as_secs_f64(),
         s.duration.as_secs_f64(),
-        s.processes(),
+        s.gen_procs,
+        if servers.contains(&Servers::Started(TargetKind::Elko)) {
+            format!(", {} context server(s)", s.contextds)
+        } else {
+            String::new()
+        },
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", then ")
     );
     let (rounds, failed) = run_rounds(&args, &s, &kinds, &exe);

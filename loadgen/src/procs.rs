@@ -127,19 +127,10 @@ impl Machine {
     /// This machine, as far as `/proc` tells.
     pub fn this() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let field = |text: &str, key: &str| -> Option<String> {
-            text.lines()
-                .find(|l| l.split(':').next().map(str::trim) == Some(key))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        };
         Machine {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            cpu_model: field(&cpuinfo, "model name").unwrap_or_else(|| "unknown".into()),
-            memory_bytes: field(&meminfo, "MemTotal")
-                .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map_or(0, |kb| kb * 1024),
+            cpu_model: proc_field(&cpuinfo, "model name").unwrap_or_else(|| "unknown".into()),
+            memory_bytes: meminfo_bytes("MemTotal").unwrap_or(0),
             kernel: first_line("/proc/sys/kernel/osrelease"),
             tcp_congestion_control: first_line("/proc/sys/net/ipv4/tcp_congestion_control"),
             cpuidle_driver: first_line("/sys/devices/system/cpu/cpuidle/current_driver"),
@@ -160,6 +151,30 @@ impl Machine {
             self.cpuidle_driver
         )
     }
+}
+
+/// The value of `key` in a `key: value` text (`/proc/cpuinfo`, `/proc/meminfo`).
+fn proc_field(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.split(':').next().map(str::trim) == Some(key))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// A `/proc/meminfo` figure in bytes (`MemTotal`, `MemAvailable`).
+fn meminfo_bytes(key: &str) -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    proc_field(&meminfo, key)?
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
+}
+
+/// Memory the kernel could give new work without swapping (`MemAvailable`).
+pub fn memory_available() -> Option<u64> {
+    meminfo_bytes("MemAvailable")
 }
 
 /// A `/proc` or `/sys` file's first line, or "unknown".
@@ -502,6 +517,7 @@ impl PeerServer {
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let p = port.to_string();
+        let max_clients = crate::plan::PEER_MAX_CLIENTS.to_string();
         let args: Vec<&str> = match kind {
             // No persistence, loopback only, as many clients as descriptors allow.
             "redis" => vec![
@@ -516,7 +532,7 @@ impl PeerServer {
                 "--protected-mode",
                 "no",
                 "--maxclients",
-                "19000",
+                &max_clients,
                 "--loglevel",
                 "warning",
                 "--daemonize",

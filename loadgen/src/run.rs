@@ -274,6 +274,13 @@ pub fn run(s: &Scenario, target: Target, exe: &Path) -> Result<Report, RunError>
     result
 }
 
+/// Generator process `share`'s own source address when clients are spread
+/// over several: 127.0.0.2, 127.0.0.3, ... (on into 127.0.1.x past 253).
+fn source_ip(share: usize) -> IpAddr {
+    let base = u32::from(Ipv4Addr::new(127, 0, 0, 2));
+    IpAddr::V4(Ipv4Addr::from(base + share as u32))
+}
+
 /// Servers already running at `addr` (`what` is there), with these
 /// processes to measure: the address and each process must answer now, so
 /// that a typo is a clear error and not a ramp of refused connections.
@@ -326,8 +333,7 @@ fn drive(
             shares,
             epoch_mono_ns,
             window,
-            source_ip: spread_sources
-                .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + share as u8))),
+            source_ip: spread_sources.then(|| source_ip(share)),
         };
         let g: Box<dyn Generator> = if shares == 1 {
             Box::new(LocalGen::start(&spec)?)
@@ -732,6 +738,13 @@ fn warnings(r: &Report, gen_loops: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_generator_process_has_its_own_loopback_source() {
+        assert_eq!(source_ip(0), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(source_ip(253), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 255)));
+        assert_eq!(source_ip(254), IpAddr::V4(Ipv4Addr::new(127, 0, 1, 0)));
+    }
 
     #[test]
     fn host_steal_is_warned_and_not_taken_for_other_load() {

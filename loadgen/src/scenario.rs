@@ -68,9 +68,27 @@ fn from_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Erro
     Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
 }
 
-/// Most sockets one generator process is given (the hard descriptor limit on
-/// these machines is 20000; a client holds one socket, briefly two).
-pub const CLIENTS_PER_PROCESS: usize = 19_000;
+/// Descriptors a generator process needs for `clients` clients: one socket
+/// each, a few briefly two (the director's, while entering), and its own.
+pub fn gen_fds_needed(clients: usize) -> u64 {
+    let c = clients as u64;
+    c + c / 20 + 64
+}
+
+/// Descriptors a context server needs to hold `clients` connections in
+/// `rooms` active rooms: one per connection, one lock file per room, and the
+/// engine's headroom (below it, the server refuses newcomers SERVER_FULL;
+/// see `elko_engine::FD_HEADROOM`), plus its director links.
+pub fn contextd_fds_needed(clients: usize, rooms: usize) -> u64 {
+    (clients + rooms + elko_engine::FD_HEADROOM + 16) as u64
+}
+
+/// The descriptor limit this program and the servers it starts run with:
+/// the soft `RLIMIT_NOFILE`, raised to the hard limit (children inherit it).
+pub fn fd_limit() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| elko_engine::raise_fd_limit(1 << 20).unwrap_or(1024))
+}
 
 /// Client connections per source address before ports run short (the
 /// ephemeral range is about 28,000 ports).
@@ -124,12 +142,50 @@ impl Scenario {
     }
 
     /// The generator processes this run needs: as asked, and at least enough
-    /// to keep each under [`CLIENTS_PER_PROCESS`] sockets.
+    /// for each to fit the descriptor limit ([`fd_limit`]).
     pub fn processes(&self) -> usize {
-        self.gen_procs
-            .max(self.clients.div_ceil(CLIENTS_PER_PROCESS))
-            .min(self.rooms)
-            .max(1)
+        self.processes_within(fd_limit())
+    }
+
+    /// [`processes`](Self::processes) under descriptor limit `limit`. Never
+    /// more than one per room (rooms are dealt whole); if even that does not
+    /// fit, the generator says so when it starts.
+    pub fn processes_within(&self, limit: u64) -> usize {
+        let first = self.gen_procs.max(1).min(self.rooms.max(1));
+        (first..self.rooms.max(1))
+            .find(|&k| gen_fds_needed(self.share_bound(k).0) <= limit)
+            .unwrap_or(self.rooms.max(1))
+    }
+
+    /// The context servers to start: as asked, and at least enough for each
+    /// to hold its share of the clients within descriptor limit `limit`
+    /// (directors spread rooms evenly over them). `Err` says which limit
+    /// stops the run when no number of servers does.
+    pub fn contextds_within(&self, limit: u64) -> Result<usize, String> {
+        let first = self.contextds.max(1).min(self.rooms.max(1));
+        let fits = |k: usize| {
+            let (clients, rooms) = self.share_bound(k);
+            contextd_fds_needed(clients, rooms) <= limit
+        };
+        (first..=self.rooms.max(1))
+            .find(|&k| fits(k))
+            .ok_or_else(|| {
+                format!(
+                    "a room of {} clients does not fit one context server: a room lives on one \
+                 server, which may hold {} connections with its descriptor limit of {limit} \
+                 (hard RLIMIT_NOFILE); use smaller rooms (--rooms, --fanout)",
+                    self.clients.div_ceil(self.rooms.max(1)),
+                    limit.saturating_sub(contextd_fds_needed(0, 1)),
+                )
+            })
+    }
+
+    /// Most clients and rooms one of `k` processes gets when rooms are dealt
+    /// whole and evenly (round-robin, the larger rooms first).
+    fn share_bound(&self, k: usize) -> (usize, usize) {
+        let rooms = self.rooms.max(1);
+        let per_process = rooms.div_ceil(k.max(1));
+        (per_process * self.clients.div_ceil(rooms), per_process)
     }
 
     /// The clients of generator process `share` of `shares`, dealt to `loops`
@@ -326,11 +382,46 @@ mod tests {
     #[test]
     fn big_runs_take_several_processes() {
         let mut s = Scenario::preset(Preset::Sun2002);
-        assert_eq!(s.processes(), 1);
+        assert_eq!(s.processes_within(20_000), 1);
+        s.clients = 19_000;
+        s.rooms = 475;
+        // 19 000 + 950 + 64 descriptors do not fit 20 000.
+        assert_eq!(s.processes_within(20_000), 2);
+        assert_eq!(s.processes_within(30_000), 1);
         s.clients = 40_000;
-        assert_eq!(s.processes(), 3);
+        s.rooms = 1000;
+        assert_eq!(s.processes_within(20_000), 3);
         s.rooms = 2;
-        assert_eq!(s.processes(), 2, "no more processes than rooms");
+        assert_eq!(
+            s.processes_within(20_000),
+            2,
+            "no more processes than rooms"
+        );
+        let scale = Scenario::preset(Preset::Scale);
+        assert_eq!(scale.processes_within(20_000), 3);
+    }
+
+    #[test]
+    fn context_servers_are_added_until_each_holds_its_share() {
+        let mut s = Scenario::preset(Preset::Sun2002);
+        assert_eq!(s.contextds_within(20_000), Ok(1));
+        s.contextds = 2;
+        assert_eq!(s.contextds_within(20_000), Ok(2), "as asked when it fits");
+        s.contextds = 1;
+        s.clients = 30_000;
+        s.rooms = 750;
+        assert_eq!(s.contextds_within(20_000), Ok(2));
+        assert_eq!(s.contextds_within(4096), Ok(9));
+        let scale = Scenario::preset(Preset::Scale);
+        assert_eq!(scale.contextds_within(20_000), Ok(3));
+        // One room cannot be split.
+        s.rooms = 1;
+        let why = s.contextds_within(20_000).expect_err("a room of 30 000");
+        assert!(
+            why.contains("a room of 30000 clients does not fit one context server"),
+            "{why}"
+        );
+        assert!(why.contains("limit of 20000"), "{why}");
     }
 
     #[test]

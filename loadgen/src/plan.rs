@@ -1,0 +1,168 @@
+//! Before a run: what it needs from this machine (descriptors per process,
+//! memory), so that a run the machine cannot do is refused up front with the
+//! limit that stops it, instead of failing half-way through its ramp (a
+//! context server refusing the crowd it has no descriptors for) or waking the
+//! kernel's OOM killer.
+
+use crate::generator::TargetKind;
+use crate::scenario::Scenario;
+
+/// Clients a peer server started here may take: Redis is started with
+/// `--maxclients` this, and both peers are one process under the same
+/// descriptor limit as everything else.
+pub const PEER_MAX_CLIENTS: usize = 19_000;
+
+/// Memory one client costs when the servers run on this machine too: two
+/// kernel TCP sockets (about 6.3 KiB between them, measured as unreclaimable
+/// slab at 19 000 clients), the generator's and the server's user-space
+/// state (about 2 KiB). Measured 8.4 KiB a client in all; planned with a
+/// margin.
+pub const BYTES_PER_CLIENT: u64 = 12 * 1024;
+
+/// Memory one client costs when only the generator runs here (a cluster
+/// reached with `--director` or `--target-addr`): one socket and the
+/// generator's state.
+pub const BYTES_PER_CLIENT_GENERATOR_ONLY: u64 = 6 * 1024;
+
+/// Where a run's servers are, as far as planning cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Servers {
+    /// Started by the generator on this machine.
+    Started(TargetKind),
+    /// Already running, maybe elsewhere.
+    Existing,
+}
+
+/// Check `s` against descriptor limit `fd_limit` and `mem_available` bytes
+/// (`None`: unknown, not checked) for every target in `servers`; on success,
+/// `s.contextds` and `s.gen_procs` hold what the run will start.
+pub fn plan(
+    s: &mut Scenario,
+    servers: &[Servers],
+    fd_limit: u64,
+    mem_available: Option<u64>,
+) -> Result<(), String> {
+    s.gen_procs = s.processes_within(fd_limit);
+    if servers.contains(&Servers::Started(TargetKind::Elko)) {
+        s.contextds = s.contextds_within(fd_limit)?;
+    }
+    for kind in [TargetKind::Redis, TargetKind::Nats] {
+        let most = PEER_MAX_CLIENTS.min(fd_limit.saturating_sub(64) as usize);
+        if servers.contains(&Servers::Started(kind)) && s.clients > most {
+            return Err(format!(
+                "{} clients are more than the {most} one {} process takes here (its descriptor \
+                 limit is {fd_limit}, hard RLIMIT_NOFILE): run fewer clients, or point \
+                 --target-addr at a server set up for more",
+                s.clients,
+                kind.name(),
+            ));
+        }
+    }
+    let per_client = if servers.iter().any(|t| matches!(t, Servers::Started(_))) {
+        BYTES_PER_CLIENT
+    } else {
+        BYTES_PER_CLIENT_GENERATOR_ONLY
+    };
+    let need = s.clients as u64 * per_client;
+    match mem_available {
+        Some(have) if need > have => Err(format!(
+            "{} clients need about {} of memory ({} KiB each: kernel sockets, generator and \
+             server state), and this machine has {} available (MemAvailable): run fewer \
+             clients",
+            s.clients,
+            gib(need),
+            per_client / 1024,
+            gib(have),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Preset;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn the_2002_run_fits_as_it_is() {
+        let mut s = Scenario::preset(Preset::Sun2002);
+        let all = [
+            Servers::Started(TargetKind::Elko),
+            Servers::Started(TargetKind::Redis),
+            Servers::Started(TargetKind::Nats),
+        ];
+        plan(&mut s, &all, 20_000, Some(20 * GIB)).expect("fits");
+        assert_eq!((s.contextds, s.gen_procs), (1, 1));
+    }
+
+    #[test]
+    fn the_servers_and_generators_a_run_needs_are_planned() {
+        let mut s = Scenario {
+            clients: 30_000,
+            rooms: 750,
+            ..Scenario::preset(Preset::Sun2002)
+        };
+        plan(&mut s, &[Servers::Started(TargetKind::Elko)], 20_000, None).expect("fits");
+        assert_eq!((s.contextds, s.gen_procs), (2, 2));
+        // A cluster already running: its size is not ours to choose.
+        let mut e = Scenario {
+            clients: 30_000,
+            rooms: 750,
+            ..Scenario::preset(Preset::Sun2002)
+        };
+        plan(&mut e, &[Servers::Existing], 20_000, None).expect("fits");
+        assert_eq!(e.contextds, 1);
+    }
+
+    #[test]
+    fn a_run_this_machine_cannot_do_is_refused_with_the_limit() {
+        let mut s = Scenario {
+            clients: 5_000_000,
+            rooms: 125_000,
+            ..Scenario::preset(Preset::Sun2002)
+        };
+        let why = plan(
+            &mut s,
+            &[Servers::Started(TargetKind::Elko)],
+            20_000,
+            Some(23 * GIB),
+        )
+        .expect_err("5M clients in 23 GiB");
+        assert!(why.contains("5000000 clients need about 57.2 GiB"), "{why}");
+        assert!(why.contains("23.0 GiB available (MemAvailable)"), "{why}");
+        // Driving a remote cluster costs this machine half as much.
+        s.clients = 3_000_000;
+        assert!(plan(&mut s, &[Servers::Existing], 20_000, Some(23 * GIB)).is_ok());
+        assert!(plan(
+            &mut s,
+            &[Servers::Started(TargetKind::Elko)],
+            20_000,
+            Some(23 * GIB)
+        )
+        .is_err());
+
+        let mut peers = Scenario {
+            clients: 20_000,
+            rooms: 500,
+            ..Scenario::preset(Preset::Sun2002)
+        };
+        let why = plan(
+            &mut peers,
+            &[Servers::Started(TargetKind::Redis)],
+            20_000,
+            None,
+        )
+        .expect_err("one redis-server");
+        assert!(
+            why.contains("20000 clients are more than the 19000 one redis process takes"),
+            "{why}"
+        );
+        assert!(plan(&mut peers, &[Servers::Existing], 20_000, None).is_ok());
+    }
+}
