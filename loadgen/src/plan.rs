@@ -5,7 +5,7 @@
 //! kernel's OOM killer.
 
 use crate::generator::TargetKind;
-use crate::scenario::Scenario;
+use crate::scenario::{gen_fds_needed, Scenario};
 
 /// Clients a peer server started here may take: Redis is started with
 /// `--maxclients` this, and both peers are one process under the same
@@ -43,6 +43,16 @@ pub fn plan(
     mem_available: Option<u64>,
 ) -> Result<(), String> {
     s.gen_procs = s.processes_within(fd_limit);
+    let (largest, _) = s.share_bound(s.gen_procs);
+    if gen_fds_needed(largest) > fd_limit {
+        return Err(format!(
+            "a room of {} clients does not fit one generator process: a room is driven by one \
+             process, which needs {} descriptors for it and may open {fd_limit} (hard \
+             RLIMIT_NOFILE); use smaller rooms (--rooms, --fanout)",
+            s.clients.div_ceil(s.rooms.max(1)),
+            gen_fds_needed(largest),
+        ));
+    }
     if servers.contains(&Servers::Started(TargetKind::Elko)) {
         s.contextds = s.contextds_within(fd_limit)?;
     }
@@ -164,5 +174,17 @@ mod tests {
             "{why}"
         );
         assert!(plan(&mut peers, &[Servers::Existing], 20_000, None).is_ok());
+
+        // Rooms are dealt whole, to one generator process each.
+        let mut one_room = Scenario {
+            clients: 30_000,
+            rooms: 1,
+            ..Scenario::preset(Preset::Sun2002)
+        };
+        let why = plan(&mut one_room, &[Servers::Existing], 20_000, None).expect_err("one room");
+        assert!(
+            why.contains("a room of 30000 clients does not fit one generator process"),
+            "{why}"
+        );
     }
 }

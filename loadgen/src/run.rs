@@ -148,6 +148,8 @@ pub fn interrupted() -> bool {
 const SETTLE: Duration = Duration::from_secs(2);
 /// How long the drain waits for the last deliveries.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long an interrupted run waits for what it sent.
+const INTERRUPT_DRAIN: Duration = Duration::from_secs(1);
 /// How long a running server has to accept a first connection.
 const CONNECT_PROBE: Duration = Duration::from_secs(3);
 
@@ -382,7 +384,8 @@ fn drive(
         // This sample covers the second before `t`: it is steady if most of
         // that second lies in the window.
         let mid = t.saturating_sub(Duration::from_millis(500));
-        let steady = mid >= window_start && mid < window_end;
+        // After an interrupt the run only drains what was sent.
+        let steady = mid >= window_start && mid < window_end && !was_interrupted;
         let phase = if steady {
             "steady"
         } else if mid < window_start {
@@ -413,9 +416,20 @@ fn drive(
             }
         }
 
-        if interrupted() {
+        if interrupted() && !was_interrupted {
+            // Stop here, but let what was sent arrive (briefly) rather
+            // than count it lost.
             was_interrupted = true;
-            break;
+            drain_started = Some(Instant::now());
+            for g in &mut gens {
+                g.stop_sending();
+            }
+        }
+        if let Some(since) = drain_started.filter(|_| was_interrupted) {
+            if c.received_window >= c.expected_window || since.elapsed() >= INTERRUPT_DRAIN {
+                break;
+            }
+            continue;
         }
         peak_connected = peak_connected.max(c.connected);
         if steady && c.connected <= 0 {
@@ -481,7 +495,12 @@ fn drive(
         });
     }
 
-    let steady_s = s.duration.as_secs_f64();
+    // Interrupted: the steady seconds that were run.
+    let steady_s = if was_interrupted {
+        f64::from(totals.samples).max(1.0)
+    } else {
+        s.duration.as_secs_f64()
+    };
     let connected_peak = timeline.iter().map(|r| r.connected).max().unwrap_or(0);
     let processes: Vec<ProcReport> = server_procs
         .iter()
@@ -561,7 +580,10 @@ fn drive(
     if was_interrupted {
         report.warnings.insert(
             0,
-            "INTERRUPTED: the run was stopped early; figures are partial".into(),
+            format!(
+                "INTERRUPTED: the run was stopped early; figures cover the {} s of steady state that ran",
+                totals.samples
+            ),
         );
     }
     let _ = std::io::stderr().flush();

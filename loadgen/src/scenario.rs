@@ -182,7 +182,7 @@ impl Scenario {
 
     /// Most clients and rooms one of `k` processes gets when rooms are dealt
     /// whole and evenly (round-robin, the larger rooms first).
-    fn share_bound(&self, k: usize) -> (usize, usize) {
+    pub(crate) fn share_bound(&self, k: usize) -> (usize, usize) {
         let rooms = self.rooms.max(1);
         let per_process = rooms.div_ceil(k.max(1));
         (per_process * self.clients.div_ceil(rooms), per_process)

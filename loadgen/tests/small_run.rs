@@ -315,6 +315,19 @@ fn knobs_that_make_no_run_are_refused_before_anything_starts() {
             &["--clients", "10", "--fanout", "40"],
             "--fanout 40 is more than the 10 clients",
         ),
+        // What this machine cannot hold, with the limit that stops it.
+        (
+            &["--clients", "100000000", "--rooms", "2500000"],
+            "available (MemAvailable): run fewer clients",
+        ),
+        (
+            &["--clients", "20000", "--rooms", "500", "--target", "redis"],
+            "one redis process takes here",
+        ),
+        (
+            &["--clients", "30000", "--rooms", "1"],
+            "a room of 30000 clients does not fit one",
+        ),
     ] {
         let mut all = vec!["chat"];
         all.extend_from_slice(args);
@@ -322,6 +335,49 @@ fn knobs_that_make_no_run_are_refused_before_anything_starts() {
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(why), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn an_interrupted_run_reports_the_seconds_it_ran_and_loses_nothing() {
+    let dir = bin_dir();
+    ensure_servers(&dir);
+    let json = std::env::temp_dir().join(format!("elko-loadgen-int-{}.json", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
+        .args([
+            "chat",
+            "--clients",
+            "120",
+            "--rooms",
+            "6",
+            "--interval",
+            "0.5",
+        ])
+        .args(["--duration", "60", "--ramp", "1", "--bin-dir"])
+        .arg(&dir)
+        .arg("--json")
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run elko-loadgen");
+    // Ramp 1 s, settle 2 s, then a few seconds of the 60 s steady state.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    // SAFETY: kill(2) on the child we started and have not waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{stdout}", out.status);
+    assert!(stdout.contains("WARNING: INTERRUPTED"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
+    let _ = std::fs::remove_file(json);
+    let ran = v["duration_s"].as_f64().expect("duration_s");
+    assert!((2.0..10.0).contains(&ran), "steady seconds run: {ran}");
+    // Rates over the seconds run, not the 60 asked for: 120 clients at 2 utterances/s.
+    let rate = v["achieved_utterances_per_s"].as_f64().expect("rate");
+    assert!(rate > 150.0, "{rate} utterances/s");
+    assert_eq!(v["lost"], 0, "what was sent had time to arrive: {v}");
+    assert!(v["deliveries_received"].as_u64().expect("received") > 0);
 }
 
 /// The interval log parses with HdrHistogram's own reader, every interval is
