@@ -200,7 +200,10 @@ pub struct Report {
     pub target_utterances_per_s: f64,
     pub target_deliveries_per_s: f64,
     pub achieved_utterances_per_s: f64,
+    /// Deliveries received during the steady state's seconds, per second:
+    /// what arrives late, in the drain, is delivered but not throughput.
     pub achieved_deliveries_per_s: f64,
+    /// Server CPU over the steady state per achieved delivery.
     /// `None` when no server process was measured (see [`ServerReport`]).
     pub server_cpu_us_per_delivery: Option<f64>,
     pub warnings: Vec<String>,

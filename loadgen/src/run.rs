@@ -528,6 +528,8 @@ fn drive(
         processes,
     };
     let (expected, received) = (counters.expected_window, counters.received_window);
+    let achieved =
+        received_in_window(&timeline).map_or(received as f64 / steady_s, |(n, secs)| n / secs);
     let mut report = Report {
         scenario: s.clone(),
         target: kind.name().into(),
@@ -559,11 +561,11 @@ fn drive(
         target_utterances_per_s: s.target_utterances_per_s(),
         target_deliveries_per_s: s.target_deliveries_per_s(),
         achieved_utterances_per_s: counters.utterances_window as f64 / steady_s,
-        achieved_deliveries_per_s: received as f64 / steady_s,
+        achieved_deliveries_per_s: achieved,
         // CPU per second over deliveries per second.
         server_cpu_us_per_delivery: server_cpu
-            .filter(|_| received > 0)
-            .map(|cpu| 1e4 * cpu / (received as f64 / steady_s)),
+            .filter(|_| achieved > 0.0)
+            .map(|cpu| 1e4 * cpu / achieved),
         server,
         warnings: Vec::new(),
         max_sustained_deliveries_per_s: stepper.as_ref().map(Stepper::best),
@@ -588,6 +590,18 @@ fn drive(
     }
     let _ = std::io::stderr().flush();
     Ok(report)
+}
+
+/// Deliveries received during the steady state's seconds, and how many
+/// seconds those were: the throughput the run achieved. (Deliveries of the
+/// window's utterances that arrive later, in the drain, count as delivered
+/// but not towards the rate.) `None` without a steady second.
+fn received_in_window(timeline: &[TimelineRow]) -> Option<(f64, f64)> {
+    let steady = timeline.iter().filter(|r| r.phase == "steady");
+    let (n, secs) = steady.fold((0.0, 0.0), |(n, secs), r| {
+        (n + r.deliveries_per_s, secs + 1.0)
+    });
+    (secs > 0.0).then_some((n, secs))
 }
 
 /// Sums over the steady state's one-second samples.
@@ -700,6 +714,15 @@ fn warnings(r: &Report, gen_loops: usize) -> Vec<String> {
             r.achieved_utterances_per_s, r.target_utterances_per_s
         ));
     }
+    // Deliveries owed by what was sent, against those that arrived in time.
+    let owed = r.deliveries_expected as f64 / r.duration_s.max(1.0);
+    let got = r.achieved_deliveries_per_s;
+    if s.preset != Preset::Max && got < 0.95 * owed && got < owed - 3.0 * owed.sqrt() {
+        w.push(format!(
+            "DELIVERIES FELL BEHIND: {got:.0} deliveries/s arrived in the steady state of the \
+             {owed:.0}/s its utterances owed; the rest came late, in the drain (see the latency)"
+        ));
+    }
     if r.loadgen_cpu_percent_of_core > 85.0 * gen_loops as f64 {
         w.push(format!(
             "GENERATOR SATURATED: it used {:.0}% of a core with {gen_loops} loop(s), so latency includes generator delay (try --gen-loops, or run the servers elsewhere)",
@@ -782,6 +805,38 @@ mod tests {
         let w = warnings(&r, 1);
         assert!(w.iter().any(|w| w.starts_with("HOST STEAL")), "{w:?}");
         assert!(!w.iter().any(|w| w.starts_with("OTHER LOAD")), "{w:?}");
+    }
+
+    #[test]
+    fn deliveries_that_arrive_only_in_the_drain_are_not_counted_as_throughput() {
+        let behind = |r: &Report| {
+            warnings(r, 1)
+                .iter()
+                .any(|w| w.starts_with("DELIVERIES FELL BEHIND"))
+        };
+        let mut r = crate::report::tests::sample_report("elko", 500, 5.0);
+        r.duration_s = 3.0;
+        r.deliveries_expected = 24_000_000;
+        r.deliveries_received = 24_000_000;
+        r.achieved_deliveries_per_s = 8_000_000.0;
+        assert!(!behind(&r), "everything arrived within the window");
+        let row = |phase: &'static str, n: f64| TimelineRow {
+            phase,
+            deliveries_per_s: n,
+            ..r.timeline[0].clone()
+        };
+        r.timeline = vec![
+            row("ramp", 0.0),
+            row("steady", 2_200_000.0),
+            row("steady", 2_500_000.0),
+            row("steady", 2_300_000.0),
+            row("drain", 3_300_000.0),
+        ];
+        let (n, secs) = received_in_window(&r.timeline).expect("steady seconds");
+        assert_eq!((n, secs), (7_000_000.0, 3.0));
+        r.achieved_deliveries_per_s = n / secs;
+        assert!(behind(&r), "{:?}", warnings(&r, 1));
+        assert!(received_in_window(&r.timeline[..1]).is_none());
     }
 
     #[test]
