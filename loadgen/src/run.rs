@@ -95,7 +95,7 @@ pub enum RunError {
     Generator(#[from] GenError),
     #[error("cannot find this executable to start generator processes: {0}")]
     Exe(std::io::Error),
-    #[error("interrupted before the run started")]
+    #[error("interrupted before measuring began (no second of steady state ran)")]
     Interrupted,
     #[error("--server-pid {0}: no such process (or /proc cannot show it)")]
     NoProcess(u32),
@@ -452,6 +452,12 @@ fn drive(
         eprintln!();
     }
 
+    if was_interrupted && totals.samples == 0 {
+        for g in gens {
+            g.finish();
+        }
+        return Err(RunError::Interrupted);
+    }
     let mut counters = Counters::default();
     let mut hists = WindowHists::default();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
