@@ -259,6 +259,16 @@ pub fn home_of(context: &str, loops: usize) -> usize {
 /// Trim a snapshot until its frame fits `max_frame`: oldest history first,
 /// then the member list (halving, so a huge room costs a few encodes). A
 /// client never receives a frame larger than the limit announced to it.
+/// Whether this process's connections, `(open, budget)`, leave too little
+/// room for a new context: the last twentieth of the descriptor budget (at
+/// least one connection) is
+/// kept for newcomers to the contexts already here (a context cannot move
+/// to a server with room), so directors place new ones elsewhere (they skip
+/// a server that answers NO_CAPACITY for a while).
+fn near_connection_budget((open, budget): (u64, u64)) -> bool {
+    open >= budget.saturating_sub((budget / 20).max(1))
+}
+
 fn fit_snapshot(mut snap: Snapshot, max_frame: usize) -> Snapshot {
     let fits = |s: &Snapshot| {
         elko_protocol::encode_frame_to_bytes(s).is_ok_and(|b| b.len() - 4 <= max_frame)
@@ -450,6 +460,18 @@ impl Host {
         match self.contexts.get(&context) {
             Some(Slot::Active(_)) => self.admit(cx, conn, &context, user),
             Some(_) => self.hold(cx, conn, context, user),
+            // A context new here, with the last of the descriptor budget
+            // kept for the contexts already here: refuse it to the
+            // directors (they place it elsewhere) and send the client back.
+            None if near_connection_budget(cx.connection_budget()) => {
+                self.want_active(cx, context, false);
+                self.send_back(
+                    cx,
+                    conn,
+                    ReEnterReason::FULL,
+                    "this server is near its connection limit; it takes no new contexts",
+                );
+            }
             None => {
                 self.contexts.insert(
                     context.clone(),
@@ -918,7 +940,8 @@ impl Host {
     /// A director wants `context` active here (Activate, or ExpectClient for
     /// a context it believes is here).
     fn want_active(&mut self, cx: &mut Ctx<Mail>, context: String, confirm: bool) {
-        if self.draining {
+        let new = !self.contexts.contains_key(&context);
+        if self.draining || (new && near_connection_budget(cx.connection_budget())) {
             let msg = ActivateFailed {
                 context,
                 code: ErrorCode::NO_CAPACITY,

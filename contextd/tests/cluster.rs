@@ -626,3 +626,80 @@ fn a_restarted_director_routes_to_the_contexts_already_active() {
         }
     }
 }
+
+/// Ask a director for `context`; the redirect's address and token, or the
+/// refusal's code.
+fn try_ask(
+    director: std::net::SocketAddr,
+    user: &str,
+    context: &str,
+) -> Result<(std::net::SocketAddr, Vec<u8>), ErrorCode> {
+    let mut d = Conn::connect(director);
+    d.send(&elko_protocol::EnterContext {
+        request_id: 1,
+        user: user.into(),
+        context: context.into(),
+    });
+    match d.recv() {
+        Some(Message::Redirect(r)) => Ok((r.contextd_addr.parse().expect("addr"), r.token)),
+        Some(Message::Denied(x)) => Err(x.code),
+        other => panic!("expected Redirect or Denied, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_contextd_near_its_descriptor_budget_keeps_its_rooms_and_turns_new_ones_away() {
+    let dir = TempDir::new("budget");
+    let d = start_director(100);
+    // Budget: 6 descriptors past the headroom, less one for room/a's lock
+    // file: 5 connections, the director link among them.
+    let nofile = elko_engine::FD_HEADROOM as u64 + 6;
+    let a = start_contextd_with_fd_limit(&[&d], &dir.0, "small", nofile);
+    wait_for(
+        Duration::from_secs(10),
+        "the director knows the server",
+        || try_ask(d.clients, "probe", "room/a").ok(),
+    );
+    let mut members: Vec<Member> = (1..=3)
+        .map(|i| Member::enter(d.clients, &format!("u{i}"), "room/a"))
+        .collect();
+
+    // 4 of 5 open: the last connection is kept for room/a. A new room is
+    // refused to the director and its first client sent back.
+    let (addr, token) = try_ask(d.clients, "v1", "room/b").expect("placed on the only server");
+    assert_eq!(addr, a.addr);
+    match Member::enter_at(addr, "v1", "room/b", token) {
+        Err(Some(Message::ReEnter(r))) => assert_eq!(r.reason, ReEnterReason::FULL, "{r:?}"),
+        other => panic!("expected ReEnter FULL, got {:?}", other.map(|m| m.snapshot)),
+    }
+    // The director skips the server now: nowhere to place room/b.
+    wait_for(
+        Duration::from_secs(5),
+        "the director skips the full server",
+        || (try_ask(d.clients, "v1", "room/b") == Err(ErrorCode::NO_CAPACITY)).then_some(()),
+    );
+
+    // room/a still takes its last newcomer; past the budget, SERVER_FULL.
+    members.push(Member::enter(d.clients, "u4", "room/a"));
+    let (addr, _) = try_ask(d.clients, "u5", "room/a").expect("room/a is on the server");
+    Conn::open(addr).expect_error(ErrorCode::SERVER_FULL);
+    members[0].say("still here");
+    for m in members.iter_mut() {
+        let said = m.said(1);
+        assert_eq!(said[0].2, "still here", "{}", m.user);
+    }
+
+    // A server with room joins: room/b goes there.
+    let b = start_contextd(&[&d], &dir.0, "roomy", &[]);
+    let (addr, token) = wait_for(
+        Duration::from_secs(10),
+        "room/b placed on the new server",
+        || {
+            try_ask(d.clients, "v1", "room/b")
+                .ok()
+                .filter(|(addr, _)| *addr == b.addr)
+        },
+    );
+    let v1 = Member::enter_at(addr, "v1", "room/b", token).expect("entered room/b");
+    assert_eq!(v1.snapshot.members, vec!["v1".to_string()]);
+}

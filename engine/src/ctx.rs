@@ -128,6 +128,13 @@ impl<M: Send + 'static> Ctx<M> {
         self.conns.len()
     }
 
+    /// Connections open in this process (every loop), and the most its
+    /// descriptor budget allows now (see `fd_budget`): past it, newcomers
+    /// are refused SERVER_FULL.
+    pub fn connection_budget(&self) -> (u64, u64) {
+        self.shared.connection_budget()
+    }
+
     pub(crate) fn slot_of(&self, id: ConnId) -> Option<usize> {
         let slot = id.slot as usize;
         match self.conns.get(slot) {

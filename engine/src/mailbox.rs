@@ -140,13 +140,20 @@ impl<M> Shared<M> {
     /// Whether the process's connections (every loop's) have reached the
     /// descriptor budget: a new peer is then refused SERVER_FULL.
     pub(crate) fn at_fd_budget(&self) -> bool {
-        let conns: u64 = self
+        let (open, budget) = self.connection_budget();
+        open >= budget
+    }
+
+    /// Connections open over every loop, and the most the descriptor
+    /// budget allows now.
+    pub(crate) fn connection_budget(&self) -> (u64, u64) {
+        let open = self
             .stats
             .iter()
             .map(|s| s.connections.load(Ordering::Relaxed))
             .sum();
         let budget = crate::fd_budget::connection_budget(self.fd_limit, crate::held_fds());
-        conns >= budget as u64
+        (open, budget as u64)
     }
 
     /// Application mail to loop `to`; hands it back if the mailbox is full,

@@ -15,8 +15,8 @@ use crate::payload::{self, Stamp, Utterance};
 use crate::schedule::Schedule;
 use elko_engine::{CloseReason, ConnId, Ctx, Handler, TimerId};
 use elko_protocol::{
-    Denied, Enter, EnterContext, ErrorCode, Exit, Frame, Message, MessageType, Redirect, SaidRef,
-    SayRef, Welcome,
+    Denied, Enter, EnterContext, ErrorCode, Exit, Frame, Message, MessageType, ReEnter, Redirect,
+    SaidRef, SayRef, Welcome,
 };
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -417,7 +417,12 @@ impl Handler for Driver {
                     self.entered(cx, local)
                 }
                 Ok(MessageType::ReEnter) => {
-                    self.shared.error("reenter");
+                    let why = match frame.decode_as::<ReEnter>(MessageType::ReEnter) {
+                        Ok(r) => format!("reenter: {:?}", r.reason),
+                        Err(_) => "reenter".into(),
+                    };
+                    self.shared.error(&why);
+                    // Closed here and entered again through the director.
                     cx.close(conn, CloseReason::Application(None));
                 }
                 Ok(other) => self.shared.error(&unexpected("contextd", other)),
@@ -455,7 +460,10 @@ impl Handler for Driver {
                 self.left(local);
                 self.clients[local].conn = None;
                 if was != Phase::Done {
-                    self.shared.error(&closed_kind("contextd", reason));
+                    // Our own close (after a ReEnter) was reported already.
+                    if !matches!(reason, CloseReason::Application(_)) {
+                        self.shared.error(&closed_kind("contextd", reason));
+                    }
                     if self.shared.stop_sending.load(Relaxed) {
                         self.clients[local].phase = Phase::Done;
                     } else {

@@ -93,6 +93,9 @@ impl ReEnterReason {
     pub const SHUTDOWN: ReEnterReason = ReEnterReason(2);
     /// The context moved to another server.
     pub const MOVED: ReEnterReason = ReEnterReason(3);
+    /// The server is near its connection limit and takes no new contexts;
+    /// enter again through the director, which places the context elsewhere.
+    pub const FULL: ReEnterReason = ReEnterReason(4);
 
     /// Stable upper-case name, or `None` for a reason this version does not know.
     pub fn name(self) -> Option<&'static str> {
@@ -100,6 +103,7 @@ impl ReEnterReason {
             1 => Some("DRAIN"),
             2 => Some("SHUTDOWN"),
             3 => Some("MOVED"),
+            4 => Some("FULL"),
             _ => None,
         }
     }

@@ -158,6 +158,35 @@ pub struct Contextd {
 }
 
 pub fn start_contextd(directors: &[&Director], dir: &Path, id: &str, extra: &[&str]) -> Contextd {
+    spawn_contextd(contextd_command(directors, dir, id, extra), id)
+}
+
+/// A context server whose descriptor limit (soft and hard) is `nofile`.
+pub fn start_contextd_with_fd_limit(
+    directors: &[&Director],
+    dir: &Path,
+    id: &str,
+    nofile: u64,
+) -> Contextd {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = contextd_command(directors, dir, id, &[]);
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nofile as libc::rlim_t,
+                rlim_max: nofile as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    spawn_contextd(cmd, id)
+}
+
+fn contextd_command(directors: &[&Director], dir: &Path, id: &str, extra: &[&str]) -> Command {
     let list: Vec<String> = directors.iter().map(|d| d.providers.to_string()).collect();
     let mut cmd = Command::new(bin("elko-contextd"));
     cmd.args([
@@ -174,6 +203,10 @@ pub fn start_contextd(directors: &[&Director], dir: &Path, id: &str, extra: &[&s
     .args(["--report-interval-ms", "100"])
     .args(extra)
     .env("RUST_LOG", "error");
+    cmd
+}
+
+fn spawn_contextd(cmd: Command, id: &str) -> Contextd {
     let proc = spawn_with_line(cmd, "elko-contextd listening");
     let addr = field(&proc.line, "clients").parse().expect("addr");
     let admin = try_field(&proc.line, "admin").map(|a| a.parse().expect("admin addr"));
@@ -231,16 +264,22 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn connect(addr: SocketAddr) -> Conn {
+    /// A TCP connection, no handshake yet.
+    pub fn open(addr: SocketAddr) -> Conn {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
-        let mut c = Conn {
+        Conn {
             stream,
             dec: FrameDecoder::new(16 * 1024 * 1024),
-        };
+        }
+    }
+
+    /// Connect and complete the handshake.
+    pub fn connect(addr: SocketAddr) -> Conn {
+        let mut c = Conn::open(addr);
         c.send(&Hello {
             magic: MAGIC,
             min_version: 1,
