@@ -225,6 +225,25 @@ pub fn write_prometheus(out: &mut String, prefix: &str, stats: &[Arc<LoopStats>]
         "Connections closed, by reason.",
         closed,
     );
+    let held = crate::held_fds();
+    if let Some(limit) = crate::process::max_fds() {
+        write_metric_family(
+            out,
+            &format!("{prefix}_connection_budget"),
+            "gauge",
+            "Most connections this process holds before answering SERVER_FULL: its descriptor \
+             limit less 256 of headroom and the descriptors held for long.",
+            [("", crate::connection_budget(limit, held))],
+        );
+    }
+    write_metric_family(
+        out,
+        &format!("{prefix}_held_fds"),
+        "gauge",
+        "Descriptors held for long (a context server's lock files), counted against the \
+         connection budget.",
+        [("", held)],
+    );
 }
 
 #[cfg(test)]
@@ -254,6 +273,14 @@ mod tests {
         );
         assert!(
             out.contains("elko_test_loop_busy_seconds_total{loop=\"1\"} 1.500000000\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE elko_test_connection_budget gauge\nelko_test_connection_budget "),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE elko_test_held_fds gauge\nelko_test_held_fds "),
             "{out}"
         );
         assert!(
