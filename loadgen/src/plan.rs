@@ -99,6 +99,15 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
+    /// sun2002 with `clients` in `rooms`.
+    fn sized(clients: usize, rooms: usize) -> Scenario {
+        Scenario {
+            clients,
+            rooms,
+            ..Scenario::preset(Preset::Sun2002)
+        }
+    }
+
     #[test]
     fn the_2002_run_fits_as_it_is() {
         let mut s = Scenario::preset(Preset::Sun2002);
@@ -113,30 +122,18 @@ mod tests {
 
     #[test]
     fn the_servers_and_generators_a_run_needs_are_planned() {
-        let mut s = Scenario {
-            clients: 30_000,
-            rooms: 750,
-            ..Scenario::preset(Preset::Sun2002)
-        };
+        let mut s = sized(30_000, 750);
         plan(&mut s, &[Servers::Started(TargetKind::Elko)], 20_000, None).expect("fits");
         assert_eq!((s.contextds, s.gen_procs), (2, 2));
         // A cluster already running: its size is not ours to choose.
-        let mut e = Scenario {
-            clients: 30_000,
-            rooms: 750,
-            ..Scenario::preset(Preset::Sun2002)
-        };
+        let mut e = sized(30_000, 750);
         plan(&mut e, &[Servers::Existing], 20_000, None).expect("fits");
         assert_eq!(e.contextds, 1);
     }
 
     #[test]
     fn a_run_this_machine_cannot_do_is_refused_with_the_limit() {
-        let mut s = Scenario {
-            clients: 5_000_000,
-            rooms: 125_000,
-            ..Scenario::preset(Preset::Sun2002)
-        };
+        let mut s = sized(5_000_000, 125_000);
         let why = plan(
             &mut s,
             &[Servers::Started(TargetKind::Elko)],
@@ -157,11 +154,7 @@ mod tests {
         )
         .is_err());
 
-        let mut peers = Scenario {
-            clients: 20_000,
-            rooms: 500,
-            ..Scenario::preset(Preset::Sun2002)
-        };
+        let mut peers = sized(20_000, 500);
         let why = plan(
             &mut peers,
             &[Servers::Started(TargetKind::Redis)],
@@ -176,11 +169,7 @@ mod tests {
         assert!(plan(&mut peers, &[Servers::Existing], 20_000, None).is_ok());
 
         // Rooms are dealt whole, to one generator process each.
-        let mut one_room = Scenario {
-            clients: 30_000,
-            rooms: 1,
-            ..Scenario::preset(Preset::Sun2002)
-        };
+        let mut one_room = sized(30_000, 1);
         let why = plan(&mut one_room, &[Servers::Existing], 20_000, None).expect_err("one room");
         assert!(
             why.contains("a room of 30000 clients does not fit one generator process"),

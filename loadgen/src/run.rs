@@ -813,13 +813,14 @@ mod tests {
         assert!(!w.iter().any(|w| w.starts_with("OTHER LOAD")), "{w:?}");
     }
 
+    /// Whether the report of a one-loop generator warns `what`.
+    fn warned(r: &Report, what: &str) -> bool {
+        warnings(r, 1).iter().any(|w| w.starts_with(what))
+    }
+
     #[test]
     fn deliveries_that_arrive_only_in_the_drain_are_not_counted_as_throughput() {
-        let behind = |r: &Report| {
-            warnings(r, 1)
-                .iter()
-                .any(|w| w.starts_with("DELIVERIES FELL BEHIND"))
-        };
+        let behind = |r: &Report| warned(r, "DELIVERIES FELL BEHIND");
         let mut r = crate::report::tests::sample_report("elko", 500, 5.0);
         r.duration_s = 3.0;
         r.deliveries_expected = 24_000_000;
@@ -847,11 +848,7 @@ mod tests {
 
     #[test]
     fn a_rate_shortfall_is_warned_only_beyond_poisson_noise() {
-        let below = |r: &Report| {
-            warnings(r, 1)
-                .iter()
-                .any(|w| w.starts_with("ACHIEVED RATE BELOW TARGET"))
-        };
+        let below = |r: &Report| warned(r, "ACHIEVED RATE BELOW TARGET");
         let mut r = crate::report::tests::sample_report("elko", 500, 5.0);
         assert!(!below(&r));
         // sun2002 for 60 s: 16 000 expected; 10 % short is no accident.

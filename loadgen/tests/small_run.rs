@@ -343,15 +343,8 @@ fn an_interrupted_run_reports_the_seconds_it_ran_and_loses_nothing() {
     ensure_servers(&dir);
     let json = std::env::temp_dir().join(format!("elko-loadgen-int-{}.json", std::process::id()));
     let child = Command::new(env!("CARGO_BIN_EXE_elko-loadgen"))
-        .args([
-            "chat",
-            "--clients",
-            "120",
-            "--rooms",
-            "6",
-            "--interval",
-            "0.5",
-        ])
+        // SMALL's clients, rooms and rate, for 60 s.
+        .args(&SMALL[..7])
         .args(["--duration", "60", "--ramp", "1", "--bin-dir"])
         .arg(&dir)
         .arg("--json")
