@@ -627,6 +627,31 @@ fn a_restarted_director_routes_to_the_contexts_already_active() {
     }
 }
 
+/// A context server whose descriptor limit (soft and hard) is `nofile`.
+fn start_contextd_with_fd_limit(
+    directors: &[&Director],
+    dir: &Path,
+    id: &str,
+    nofile: u64,
+) -> Contextd {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = contextd_command(directors, dir, id, &[]);
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nofile as libc::rlim_t,
+                rlim_max: nofile as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    spawn_contextd(cmd, id)
+}
+
 /// Ask a director for `context`; the redirect's address and token, or the
 /// refusal's code.
 fn try_ask(

@@ -161,32 +161,8 @@ pub fn start_contextd(directors: &[&Director], dir: &Path, id: &str, extra: &[&s
     spawn_contextd(contextd_command(directors, dir, id, extra), id)
 }
 
-/// A context server whose descriptor limit (soft and hard) is `nofile`.
-pub fn start_contextd_with_fd_limit(
-    directors: &[&Director],
-    dir: &Path,
-    id: &str,
-    nofile: u64,
-) -> Contextd {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = contextd_command(directors, dir, id, &[]);
-    // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: nofile as libc::rlim_t,
-                rlim_max: nofile as libc::rlim_t,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    spawn_contextd(cmd, id)
-}
-
-fn contextd_command(directors: &[&Director], dir: &Path, id: &str, extra: &[&str]) -> Command {
+/// The command that starts a context server (see [`start_contextd`]).
+pub fn contextd_command(directors: &[&Director], dir: &Path, id: &str, extra: &[&str]) -> Command {
     let list: Vec<String> = directors.iter().map(|d| d.providers.to_string()).collect();
     let mut cmd = Command::new(bin("elko-contextd"));
     cmd.args([
@@ -206,7 +182,8 @@ fn contextd_command(directors: &[&Director], dir: &Path, id: &str, extra: &[&str
     cmd
 }
 
-fn spawn_contextd(cmd: Command, id: &str) -> Contextd {
+/// Start `cmd` (from [`contextd_command`]) and wait for its listening line.
+pub fn spawn_contextd(cmd: Command, id: &str) -> Contextd {
     let proc = spawn_with_line(cmd, "elko-contextd listening");
     let addr = field(&proc.line, "clients").parse().expect("addr");
     let admin = try_field(&proc.line, "admin").map(|a| a.parse().expect("admin addr"));
