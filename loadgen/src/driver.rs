@@ -115,7 +115,6 @@ const T_SPEAK: u64 = 1;
 
 /// A connection attempt is given up after this many failures.
 const MAX_RETRIES: u32 = 50;
-const RETRY_AFTER_US: u64 = 200_000;
 
 /// One loop's share of the clients.
 #[derive(Debug)]
@@ -212,7 +211,7 @@ impl Driver {
             c.phase = Phase::Done;
             return;
         }
-        let at = self.shared.now_us() + RETRY_AFTER_US;
+        let at = self.shared.now_us() + crate::schedule::retry_delay_us(c.idx, c.retries);
         Self::timer(cx, at, local, T_START, &self.shared);
     }
 

@@ -29,9 +29,44 @@ impl Schedule {
     }
 }
 
+/// How long client `client` waits before its `retry`-th attempt to enter
+/// (from 1): 200 ms, doubling to at most 5 s, less up to a quarter by a hash
+/// of client and attempt, so that a crowd refused together (SERVER_FULL,
+/// NO_CAPACITY, a server gone) does not come back together. Clients back
+/// off as docs/protocol.md asks of every client; the first retry stays
+/// quick, for a client sent to re-enter elsewhere.
+pub fn retry_delay_us(client: usize, retry: u32) -> u64 {
+    const FIRST_US: u64 = 200_000;
+    const MOST_US: u64 = 5_000_000;
+    let doublings = retry.saturating_sub(1).min(5);
+    let base = (FIRST_US << doublings).min(MOST_US);
+    let mix = (client as u64 ^ (u64::from(retry) << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let fraction = mix >> 40; // 24 bits
+    base - (base / 4) * fraction / (1 << 24)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_to_five_seconds_and_spread() {
+        let ms = |retry| retry_delay_us(7, retry) as f64 / 1e3;
+        assert!((150.0..=200.0).contains(&ms(1)), "{}", ms(1));
+        assert!((300.0..=400.0).contains(&ms(2)), "{}", ms(2));
+        assert!((2400.0..=3200.0).contains(&ms(5)), "{}", ms(5));
+        for retry in [6, 7, 50, u32::MAX] {
+            assert!(
+                (3750.0..=5000.0).contains(&ms(retry)),
+                "{retry}: {}",
+                ms(retry)
+            );
+        }
+        // A crowd refused at once comes back spread over a quarter of the delay.
+        let first: Vec<u64> = (0..1000).map(|c| retry_delay_us(c, 1)).collect();
+        let (lo, hi) = (first.iter().min().unwrap(), first.iter().max().unwrap());
+        assert!(*lo < 160_000 && *hi > 190_000, "{lo}..{hi}");
+    }
 
     fn gaps(seed: u64, client: usize, n: usize) -> Vec<u64> {
         let mut s = Schedule::new(seed, client);

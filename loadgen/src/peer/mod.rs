@@ -50,7 +50,6 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A client whose unsent bytes pass this is dropped (the server stopped reading).
 const OUT_LIMIT: usize = 4 * 1024 * 1024;
 const MAX_RETRIES: u32 = 50;
-const RETRY_AFTER_US: u64 = 200_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -339,7 +338,7 @@ impl<W: Wire> PeerLoop<W> {
             c.phase = Phase::Done;
             return;
         }
-        let at = self.shared.now_us() + RETRY_AFTER_US;
+        let at = self.shared.now_us() + crate::schedule::retry_delay_us(c.idx, c.retries);
         self.timers
             .push(Reverse((at, local as u32, TimerKind::Start)));
     }
