@@ -502,7 +502,7 @@ impl<H: Handler> EventLoop<H> {
                         Ok((stream, peer)) => {
                             let now = Instant::now();
                             if let Some(n) = self.fd_warn.due(now) {
-                                tracing::warn!(%peer, refused_before = n, "out of file descriptors; refusing connections as SERVER_FULL");
+                                tracing::warn!(%peer, held_back = n, "out of file descriptors; refusing connections as SERVER_FULL");
                             }
                             self.refuse_full(stream);
                             true
@@ -542,10 +542,7 @@ impl<H: Handler> EventLoop<H> {
             *p = true;
         }
         if let Some(n) = self.fd_warn.due(Instant::now()) {
-            tracing::warn!(
-                pauses_before = n,
-                "{why}; not accepting for {ACCEPT_RETRY:?}"
-            );
+            tracing::warn!(held_back = n, "{why}; not accepting for {ACCEPT_RETRY:?}");
         }
         self.cx
             .timers
@@ -595,7 +592,7 @@ impl<H: Handler> EventLoop<H> {
             if let Some(n) = self.budget_warn.due(Instant::now()) {
                 tracing::warn!(
                     %peer,
-                    refused_before = n,
+                    held_back = n,
                     limit = self.cx.shared.fd_limit,
                     held = crate::held_fds(),
                     headroom = crate::FD_HEADROOM,
