@@ -64,7 +64,8 @@ mod tests {
         }
         // A crowd refused at once comes back spread over a quarter of the delay.
         let first: Vec<u64> = (0..1000).map(|c| retry_delay_us(c, 1)).collect();
-        let (lo, hi) = (first.iter().min().unwrap(), first.iter().max().unwrap());
+        let lo = first.iter().min().expect("1000 delays");
+        let hi = first.iter().max().expect("1000 delays");
         assert!(*lo < 160_000 && *hi > 190_000, "{lo}..{hi}");
     }
 
