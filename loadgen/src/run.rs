@@ -471,7 +471,13 @@ fn drive(
     }
     errors.retain(|_, v| *v > 0);
     if let Some((peak, t)) = emptied {
-        let unexplained = errors.is_empty() || errors.keys().any(|k| k.contains("connect"));
+        // Nothing came back, or nothing that speaks the target's protocol.
+        let unexplained = errors.is_empty()
+            || errors.keys().any(|k| {
+                ["connect", "frame_error", "protocol"]
+                    .iter()
+                    .any(|w| k.contains(w))
+            });
         let errors = if errors.is_empty() {
             "none counted".to_string()
         } else {
