@@ -79,6 +79,12 @@ struct ChatArgs {
     /// the clients: a room lives on one server].
     #[arg(long, value_parser = parse_count)]
     contextds: Option<usize>,
+    /// Stop (SIGTERM) one of the context servers this run starts, this many seconds into the
+    /// steady state: its clients re-enter on the others (one step of a rolling restart; at
+    /// least two context servers are started). The report names the stop and how long the
+    /// server took to exit.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_period)]
+    stop_contextd_at: Option<Duration>,
     /// Event loops per generator process.
     #[arg(long, value_parser = parse_count)]
     gen_loops: Option<usize>,
@@ -188,6 +194,7 @@ fn scenario(a: &ChatArgs) -> Result<Scenario, String> {
     s.ramp = a.ramp.unwrap_or(s.ramp);
     s.step = a.step.unwrap_or(s.step);
     s.seed = a.seed.unwrap_or(s.seed);
+    s.stop_contextd_at = a.stop_contextd_at;
     Ok(s)
 }
 

@@ -42,6 +42,24 @@ pub fn plan(
     fd_limit: u64,
     mem_available: Option<u64>,
 ) -> Result<(), String> {
+    if let Some(at) = s.stop_contextd_at {
+        if !servers.contains(&Servers::Started(TargetKind::Elko)) {
+            return Err(
+                "--stop-contextd-at stops a context server this run starts; against a \
+                        running cluster (--director), stop one yourself"
+                    .into(),
+            );
+        }
+        if at >= s.duration {
+            return Err(format!(
+                "--stop-contextd-at {} s is not within the {} s steady state",
+                at.as_secs_f64(),
+                s.duration.as_secs_f64()
+            ));
+        }
+        // Somewhere for its clients to go.
+        s.contextds = s.contextds.max(2);
+    }
     s.gen_procs = s.processes_within(fd_limit);
     let (largest, _) = s.share_bound(s.gen_procs);
     if gen_fds_needed(largest) > fd_limit {
@@ -129,6 +147,22 @@ mod tests {
         let mut e = sized(30_000, 750);
         plan(&mut e, &[Servers::Existing], 20_000, None).expect("fits");
         assert_eq!(e.contextds, 1);
+    }
+
+    #[test]
+    fn stopping_a_context_server_needs_one_started_and_another_to_go_to() {
+        let mut s = Scenario {
+            stop_contextd_at: Some(std::time::Duration::from_secs(30)),
+            ..sized(8000, 200)
+        };
+        plan(&mut s, &[Servers::Started(TargetKind::Elko)], 20_000, None).expect("fits");
+        assert_eq!(s.contextds, 2);
+        let why = plan(&mut s, &[Servers::Existing], 20_000, None).expect_err("--director");
+        assert!(why.contains("stop one yourself"), "{why}");
+        s.stop_contextd_at = Some(std::time::Duration::from_secs(60));
+        let why = plan(&mut s, &[Servers::Started(TargetKind::Elko)], 20_000, None)
+            .expect_err("at the end");
+        assert!(why.contains("not within the 60 s steady state"), "{why}");
     }
 
     #[test]

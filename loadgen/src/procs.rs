@@ -266,6 +266,10 @@ impl Server {
     /// does not stop gracefully within the bound has a bug worth seeing.
     /// True if it stopped by itself.
     pub fn stop(&mut self) -> bool {
+        // Stopped already (its pid may belong to someone else by now).
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return true;
+        }
         // SAFETY: kill with a pid we spawned and a valid signal number.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         for _ in 0..STOP_WAIT_STEPS {
@@ -472,6 +476,16 @@ impl Cluster {
     /// Every server process.
     pub fn servers(&self) -> impl Iterator<Item = &Server> {
         std::iter::once(&self.director).chain(self.contextds.iter())
+    }
+
+    /// Stop context server `i` (SIGTERM, then SIGKILL after 5 s) while the
+    /// rest run on: its name, whether it exited by itself, and how long it
+    /// took. `None` if there is no such server.
+    pub fn stop_contextd(&mut self, i: usize) -> Option<(String, bool, Duration)> {
+        let c = self.contextds.get_mut(i)?;
+        let t = std::time::Instant::now();
+        let clean = c.stop();
+        Some((c.name.clone(), clean, t.elapsed()))
     }
 
     /// Stop everything (contextds first, so their checkpoints are written).

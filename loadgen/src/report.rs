@@ -207,6 +207,9 @@ pub struct Report {
     /// `None` when no server process was measured (see [`ServerReport`]).
     pub server_cpu_us_per_delivery: Option<f64>,
     pub warnings: Vec<String>,
+    /// What the run did to the servers on the way (`--stop-contextd-at`).
+    #[serde(default)]
+    pub events: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub max_steps: Vec<MaxStep>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -487,6 +490,9 @@ impl Report {
         }
         if !self.errors.is_empty() {
             let _ = writeln!(o, "errors: {:?}", self.errors);
+        }
+        for e in &self.events {
+            let _ = writeln!(o, "event: {e}");
         }
         for w in &self.warnings {
             let _ = writeln!(o, "WARNING: {w}");
@@ -1103,6 +1109,7 @@ pub(crate) mod tests {
             achieved_deliveries_per_s: 10_666.7,
             server_cpu_us_per_delivery: Some(cpu_us),
             warnings: vec![],
+            events: vec![],
             max_steps: vec![],
             max_sustained_deliveries_per_s: None,
             max_held: None,

@@ -257,7 +257,7 @@ pub fn run(s: &Scenario, target: Target, exe: &Path) -> Result<Report, RunError>
     if interrupted() {
         return Err(RunError::Interrupted);
     }
-    let (servers, addr) = match target {
+    let (mut servers, addr) = match target {
         Target::LocalElko { bin_dir } => {
             let c = Cluster::start(&bin_dir, s.contextds, s.workers, false)?;
             let a = c.client_addr;
@@ -271,7 +271,7 @@ pub fn run(s: &Scenario, target: Target, exe: &Path) -> Result<Report, RunError>
         }
         Target::Peer(k, a, pids) => (existing(k.name(), a, pids)?, a),
     };
-    let result = drive(s, kind, addr, &servers, exe);
+    let result = drive(s, kind, addr, &mut servers, exe);
     servers.stop();
     result
 }
@@ -306,7 +306,7 @@ fn drive(
     s: &Scenario,
     kind: TargetKind,
     addr: SocketAddr,
-    servers: &Servers,
+    servers: &mut Servers,
     exe: &Path,
 ) -> Result<Report, RunError> {
     let server_procs = servers.processes();
@@ -362,6 +362,8 @@ fn drive(
     let window_end = Duration::from_micros(window.end_us);
     let mut drain_started: Option<Instant> = None;
     let mut was_interrupted = false;
+    let mut stop_at = s.stop_contextd_at.map(|d| window_start + d);
+    let mut events: Vec<String> = Vec::new();
     // Set when nobody is left in a room during the steady state: the most
     // that ever were, and when.
     let mut emptied: Option<(i64, Duration)> = None;
@@ -416,6 +418,22 @@ fn drive(
             }
         }
 
+        // One step of a rolling restart, once its time in the steady state comes.
+        if let (Some(at), Servers::Elko(cluster)) = (stop_at.take_if(|at| t >= *at), &mut *servers)
+        {
+            if let Some((name, clean, took)) = cluster.stop_contextd(0) {
+                events.push(format!(
+                    "{name} stopped (SIGTERM) {:.1} s into the steady state; {} in {:.2} s",
+                    (at - window_start).as_secs_f64(),
+                    if clean {
+                        "it exited"
+                    } else {
+                        "it had to be killed (SIGKILL)"
+                    },
+                    took.as_secs_f64()
+                ));
+            }
+        }
         if interrupted() && !was_interrupted {
             // Stop here, but let what was sent arrive (briefly) rather
             // than count it lost.
@@ -580,6 +598,7 @@ fn drive(
             .map(|cpu| 1e4 * cpu / achieved),
         server,
         warnings: Vec::new(),
+        events,
         max_sustained_deliveries_per_s: stepper.as_ref().map(Stepper::best),
         max_held: stepper.as_ref().and_then(Stepper::held),
         max_steps: stepper.map(Stepper::into_steps).unwrap_or_default(),

@@ -57,6 +57,15 @@ pub struct Scenario {
     /// For `max`: length of each rate step.
     #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub step: Duration,
+    /// Stop (SIGTERM) one started context server this long into the steady
+    /// state: its clients re-enter through the director on the others (one
+    /// step of a rolling restart). Seconds, or null.
+    #[serde(
+        default,
+        serialize_with = "opt_secs",
+        deserialize_with = "from_opt_secs"
+    )]
+    pub stop_contextd_at: Option<Duration>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -66,6 +75,19 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 fn from_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let v = f64::deserialize(d)?;
     Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
+}
+
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+fn from_opt_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Option::<f64>::deserialize(d)?
+        .map(|v| Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// Descriptors a generator process needs for `clients` clients: one socket
@@ -111,6 +133,7 @@ impl Scenario {
             workers: 0,
             contextds: 1,
             step: Duration::from_secs(10),
+            stop_contextd_at: None,
         };
         match p {
             Preset::Sun2002 => base,
@@ -481,6 +504,14 @@ mod tests {
             (back.clients, back.interval, back.ramp),
             (s.clients, s.interval, s.ramp)
         );
+        assert_eq!(back.stop_contextd_at, None);
+        let stop = Scenario {
+            stop_contextd_at: Some(Duration::from_millis(2500)),
+            ..s
+        };
+        let back: Scenario =
+            serde_json::from_str(&serde_json::to_string(&stop).expect("json")).expect("parse");
+        assert_eq!(back.stop_contextd_at, Some(Duration::from_millis(2500)));
     }
 
     #[test]

@@ -328,6 +328,14 @@ fn knobs_that_make_no_run_are_refused_before_anything_starts() {
             &["--clients", "30000", "--rooms", "1"],
             "a room of 30000 clients does not fit one",
         ),
+        (
+            &["--stop-contextd-at", "60"],
+            "--stop-contextd-at 60 s is not within the 60 s steady state",
+        ),
+        (
+            &["--stop-contextd-at", "5", "--director", "127.0.0.1:1"],
+            "stop one yourself",
+        ),
     ] {
         let mut all = vec!["chat"];
         all.extend_from_slice(args);
@@ -371,6 +379,31 @@ fn an_interrupted_run_reports_the_seconds_it_ran_and_loses_nothing() {
     assert!(rate > 150.0, "{rate} utterances/s");
     assert_eq!(v["lost"], 0, "what was sent had time to arrive: {v}");
     assert!(v["deliveries_received"].as_u64().expect("received") > 0);
+}
+
+#[test]
+fn a_context_server_stopped_mid_run_hands_its_clients_to_the_other() {
+    // SMALL over two context servers; one is stopped 1 s into its 3 s
+    // steady state.
+    let v = small_run(&["--stop-contextd-at", "1", "--contextds", "2"], "stop");
+    assert_eq!(v["scenario"]["stop_contextd_at"], 1.0, "{v}");
+    let events = v["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1, "{v}");
+    let event = events[0].as_str().expect("text");
+    assert!(
+        event.contains("elko-contextd-0 stopped (SIGTERM) 1.0 s into the steady state; it exited"),
+        "{event}"
+    );
+    // Its clients were sent back through the director, and all came back.
+    let reentered = v["errors"]["reenter: SHUTDOWN(2)"].as_u64().unwrap_or(0);
+    assert!(reentered > 0, "nobody was sent back: {}", v["errors"]);
+    // Each entry is timed, the second ones too.
+    assert_eq!(v["entries"], 120 + reentered, "{v}");
+    // An utterance sent in the instant the server stopped reading may be
+    // lost; nothing more.
+    let expected = v["deliveries_expected"].as_u64().expect("expected");
+    let lost = v["lost"].as_u64().expect("lost");
+    assert!(lost * 100 <= expected, "{lost} of {expected} lost");
 }
 
 /// The interval log parses with HdrHistogram's own reader, every interval is
