@@ -5,11 +5,15 @@
 //! the backlog until its handshake times out, and whatever else the process
 //! opens at that moment (a checkpoint being written, a lock file, an operator's
 //! metrics request) fails with it. So a loop answers a new peer SERVER_FULL
-//! once the process's connections, plus the descriptors the application holds
+//! once the engine's connections, plus the descriptors the application holds
 //! for long ([`HeldFd`]), plus [`FD_HEADROOM`] for everything short-lived, reach
 //! the soft `RLIMIT_NOFILE` the engine found when it started. Running out
 //! anyway (descriptors nobody counted) is still handled, by the reserve
 //! descriptor and a paused listener (see `accept_ready` in `event_loop.rs`).
+//!
+//! The connections counted are one engine's (every loop of it): a server
+//! runs one engine per process. Several engines in one process (tests) each
+//! count only their own.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 

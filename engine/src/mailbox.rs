@@ -137,7 +137,7 @@ pub(crate) struct Shared<M> {
 }
 
 impl<M> Shared<M> {
-    /// Whether the process's connections (every loop's) have reached the
+    /// Whether this engine's connections (every loop's) have reached the
     /// descriptor budget: a new peer is then refused SERVER_FULL.
     pub(crate) fn at_fd_budget(&self) -> bool {
         let (open, budget) = self.connection_budget();
