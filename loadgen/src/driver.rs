@@ -303,8 +303,12 @@ impl Driver {
         // actual send time, so a late generator shows up as latency.
         c.next_intended_us = intended.saturating_add(c.schedule.gap_us(mean));
         let (room, next) = (c.room, c.next_intended_us);
-        self.shared.sending(self.idx, room, intended);
-        if !cx.send_msg(conn, &say) {
+        // Counted (and its deliveries expected) only once it is on its way:
+        // a connection already closing (sent back by a ReEnter this pass)
+        // takes nothing more.
+        if cx.send_msg(conn, &say) {
+            self.shared.sending(self.idx, room, intended);
+        } else {
             self.shared.error("send_failed");
         }
         Self::timer(cx, next, local, T_SPEAK, &self.shared);
