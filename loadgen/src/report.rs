@@ -727,6 +727,30 @@ pub fn svg(reports: &[&Report]) -> String {
         r##"<rect x="{x0}" y="{y0}" width="{:.1}" height="{ph}" fill="#f2f2f2"/>"##,
         (xt(ramp_end.min(tmax)) - x0).max(0.0)
     );
+    // A context server stopped on purpose (`--stop-contextd-at`), in elko's run.
+    if let Some(at) = first
+        .scenario
+        .stop_contextd_at
+        .filter(|_| first.target == "elko")
+    {
+        let x = xt((first.steady_from_s + at.as_secs_f64()).min(tmax));
+        let _ = writeln!(
+            o,
+            r##"<line x1="{x:.1}" x2="{x:.1}" y1="{y0}" y2="{}" stroke="#555" stroke-dasharray="3,3"/>"##,
+            y0 + ph
+        );
+        let _ = writeln!(
+            o,
+            r##"<text x="{:.1}" y="{}" fill="#555">{}</text>"##,
+            x + 4.0,
+            y0 + 14.0,
+            esc(if reports.len() == 1 {
+                "a context server stopped"
+            } else {
+                "elko: a context server stopped"
+            })
+        );
+    }
     let mut items = Vec::new();
     if reports.len() == 1 {
         for (name, color, pick, dash) in [
@@ -1266,5 +1290,15 @@ pub(crate) mod tests {
         assert!(plot.contains("first copy: p50") && plot.contains("fanout spread: p50"));
         // p50, p99, max over time; the distribution, its first copy and spread.
         assert_eq!(plot.matches("<path").count(), 6, "{plot}");
+        assert!(!plot.contains("a context server stopped"));
+    }
+
+    #[test]
+    fn a_context_server_stopped_on_purpose_is_marked_on_the_plot() {
+        let mut r = sample_report("elko", 300, 3.0);
+        r.scenario.stop_contextd_at = Some(std::time::Duration::from_secs(4));
+        let plot = r.svg();
+        assert!(plot.contains(">a context server stopped</text>"), "{plot}");
+        assert!(plot.contains(r#"stroke-dasharray="3,3""#), "{plot}");
     }
 }
