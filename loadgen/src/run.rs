@@ -176,6 +176,25 @@ impl Servers {
         }
     }
 
+    /// Stop the first context server of a cluster this run started, `into`
+    /// the steady state (`--stop-contextd-at`); what to report of it.
+    fn stop_contextd(&mut self, into: Duration) -> Option<String> {
+        let Servers::Elko(cluster) = self else {
+            return None;
+        };
+        let (name, clean, took) = cluster.stop_contextd(0)?;
+        Some(format!(
+            "{name} stopped (SIGTERM) {:.1} s into the steady state; {} in {:.2} s",
+            into.as_secs_f64(),
+            if clean {
+                "it exited"
+            } else {
+                "it had to be killed (SIGKILL)"
+            },
+            took.as_secs_f64()
+        ))
+    }
+
     fn stop(self) {
         match self {
             Servers::Existing(_) => {}
@@ -419,20 +438,8 @@ fn drive(
         }
 
         // One step of a rolling restart, once its time in the steady state comes.
-        if let (Some(at), Servers::Elko(cluster)) = (stop_at.take_if(|at| t >= *at), &mut *servers)
-        {
-            if let Some((name, clean, took)) = cluster.stop_contextd(0) {
-                events.push(format!(
-                    "{name} stopped (SIGTERM) {:.1} s into the steady state; {} in {:.2} s",
-                    (at - window_start).as_secs_f64(),
-                    if clean {
-                        "it exited"
-                    } else {
-                        "it had to be killed (SIGKILL)"
-                    },
-                    took.as_secs_f64()
-                ));
-            }
+        if let Some(at) = stop_at.take_if(|at| t >= *at) {
+            events.extend(servers.stop_contextd(at - window_start));
         }
         if interrupted() && !was_interrupted {
             // Stop here, but let what was sent arrive (briefly) rather
