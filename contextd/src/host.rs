@@ -256,19 +256,18 @@ pub fn home_of(context: &str, loops: usize) -> usize {
     crc32c::crc32c(context.as_bytes()) as usize % loops.max(1)
 }
 
-/// Trim a snapshot until its frame fits `max_frame`: oldest history first,
-/// then the member list (halving, so a huge room costs a few encodes). A
-/// client never receives a frame larger than the limit announced to it.
 /// Whether this process's connections, `(open, budget)`, leave too little
 /// room for a new context: the last twentieth of the descriptor budget (at
-/// least one connection) is
-/// kept for newcomers to the contexts already here (a context cannot move
-/// to a server with room), so directors place new ones elsewhere (they skip
-/// a server that answers NO_CAPACITY for a while).
+/// least one connection) is kept for newcomers to the contexts already here
+/// (a context cannot move to a server with room), so directors place new
+/// ones elsewhere (they skip a server that answers NO_CAPACITY for a while).
 fn near_connection_budget((open, budget): (u64, u64)) -> bool {
     open >= budget.saturating_sub((budget / 20).max(1))
 }
 
+/// Trim a snapshot until its frame fits `max_frame`: oldest history first,
+/// then the member list (halving, so a huge room costs a few encodes). A
+/// client never receives a frame larger than the limit announced to it.
 fn fit_snapshot(mut snap: Snapshot, max_frame: usize) -> Snapshot {
     let fits = |s: &Snapshot| {
         elko_protocol::encode_frame_to_bytes(s).is_ok_and(|b| b.len() - 4 <= max_frame)
