@@ -463,7 +463,7 @@ impl Host {
             // kept for the contexts already here: refuse it to the
             // directors (they place it elsewhere) and send the client back.
             None if near_connection_budget(cx.connection_budget()) => {
-                self.want_active(cx, context, false);
+                self.refuse_activation(cx, context);
                 self.send_back(
                     cx,
                     conn,
@@ -936,17 +936,23 @@ impl Host {
         );
     }
 
+    /// Tell the directors `context` will not be activated here
+    /// (NO_CAPACITY: they place it elsewhere, and skip this server a while).
+    fn refuse_activation(&self, cx: &mut Ctx<Mail>, context: String) {
+        let msg = ActivateFailed {
+            context,
+            code: ErrorCode::NO_CAPACITY,
+            holder: None,
+        };
+        self.to_directors(cx, Message::ActivateFailed(msg));
+    }
+
     /// A director wants `context` active here (Activate, or ExpectClient for
     /// a context it believes is here).
     fn want_active(&mut self, cx: &mut Ctx<Mail>, context: String, confirm: bool) {
         let new = !self.contexts.contains_key(&context);
         if self.draining || (new && near_connection_budget(cx.connection_budget())) {
-            let msg = ActivateFailed {
-                context,
-                code: ErrorCode::NO_CAPACITY,
-                holder: None,
-            };
-            return self.to_directors(cx, Message::ActivateFailed(msg));
+            return self.refuse_activation(cx, context);
         }
         match self.contexts.get_mut(&context) {
             None => {

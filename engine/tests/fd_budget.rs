@@ -17,16 +17,10 @@ use std::time::Duration;
 #[test]
 fn at_the_descriptor_budget_new_peers_are_refused_before_descriptors_run_out() {
     // Room for three connections beyond the headroom.
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = (FD_HEADROOM + 3) as libc::rlim_t;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
+    set_nofile(&libc::rlimit {
+        rlim_cur: (FD_HEADROOM + 3) as libc::rlim_t,
+        ..nofile()
+    });
     let (engine, addr, _probe) = start(2, Limits::default());
     let mut members: Vec<Client> = (0..3).map(|_| Client::connect(addr)).collect();
     wait_for(Duration::from_secs(2), "three connections", || {

@@ -17,29 +17,6 @@ use std::fs::File;
 use std::net::TcpStream;
 use std::time::Duration;
 
-fn nofile() -> libc::rlimit {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the rlimit struct we own.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) },
-        0,
-        "getrlimit"
-    );
-    lim
-}
-
-fn set_nofile(lim: &libc::rlimit) {
-    // SAFETY: setrlimit reads the rlimit struct we own.
-    assert_eq!(
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, lim) },
-        0,
-        "setrlimit"
-    );
-}
-
 /// A TCP socket made now (while descriptors are free), connected later.
 fn unconnected() -> Socket {
     Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket")

@@ -113,9 +113,6 @@ type IdMap<V> = HashMap<ConnId, V, BuildHasherDefault<IdHasher>>;
 const T_START: u64 = 0;
 const T_SPEAK: u64 = 1;
 
-/// A connection attempt is given up after this many failures.
-const MAX_RETRIES: u32 = 50;
-
 /// One loop's share of the clients.
 #[derive(Debug)]
 pub struct Driver {
@@ -204,15 +201,13 @@ impl Driver {
 
     fn retry(&mut self, cx: &mut Ctx<Control>, local: usize) {
         let c = &mut self.clients[local];
-        c.retries += 1;
         c.phase = Phase::Idle;
-        if c.retries > MAX_RETRIES {
-            self.shared.error("gave_up_entering");
-            c.phase = Phase::Done;
-            return;
+        match self.shared.retry_at(c.idx, &mut c.retries) {
+            Some(at) => {
+                Self::timer(cx, at, local, T_START, &self.shared);
+            }
+            None => c.phase = Phase::Done,
         }
-        let at = self.shared.now_us() + crate::schedule::retry_delay_us(c.idx, c.retries);
-        Self::timer(cx, at, local, T_START, &self.shared);
     }
 
     fn on_redirect(&mut self, cx: &mut Ctx<Control>, dconn: ConnId, local: usize, r: Redirect) {

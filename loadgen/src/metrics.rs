@@ -15,6 +15,9 @@ use std::time::Instant;
 
 use crate::fanout::{Fanout, RoomFanouts};
 
+/// Failed attempts to enter a room after which a simulated client gives up.
+pub const MAX_RETRIES: u32 = 50;
+
 /// Utterances in flight a room's list holds before it grows (it grows
 /// only when a room has more at once: saturation, or lost copies).
 const FANOUTS_PREALLOCATED: usize = 8;
@@ -420,6 +423,21 @@ impl Shared {
         if let Some(f) = fanout {
             h.record_fanout(f);
         }
+    }
+
+    /// When client `client` tries to enter again after a failed attempt
+    /// (counted in `retries`): backing off ([`retry_delay_us`]), and `None`
+    /// once it has failed [`MAX_RETRIES`] times (counted as the error
+    /// `gave_up_entering`).
+    ///
+    /// [`retry_delay_us`]: crate::schedule::retry_delay_us
+    pub fn retry_at(&self, client: usize, retries: &mut u32) -> Option<u64> {
+        *retries += 1;
+        if *retries > MAX_RETRIES {
+            self.error("gave_up_entering");
+            return None;
+        }
+        Some(self.now_us() + crate::schedule::retry_delay_us(client, *retries))
     }
 
     /// An attempt to enter a room starts now, unless one is under way

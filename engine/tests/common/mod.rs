@@ -639,3 +639,28 @@ pub fn closed(engine: &Engine<impl Send + 'static>, kind: CloseKind) -> u64 {
 pub fn open_connections(engine: &Engine<impl Send + 'static>) -> u64 {
     total(engine, |s| LoopStats::get(&s.connections))
 }
+
+/// This process's descriptor limits (`RLIMIT_NOFILE`).
+pub fn nofile() -> libc::rlimit {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit struct we own.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) },
+        0,
+        "getrlimit"
+    );
+    lim
+}
+
+/// Set this process's descriptor limits (`RLIMIT_NOFILE`).
+pub fn set_nofile(lim: &libc::rlimit) {
+    // SAFETY: setrlimit reads the rlimit struct we own.
+    assert_eq!(
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, lim) },
+        0,
+        "setrlimit"
+    );
+}

@@ -49,7 +49,6 @@ const FIRST_CLIENT: usize = 2;
 const READ_CHUNK: usize = 16 * 1024;
 /// A client whose unsent bytes pass this is dropped (the server stopped reading).
 const OUT_LIMIT: usize = 4 * 1024 * 1024;
-const MAX_RETRIES: u32 = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -331,16 +330,13 @@ impl<W: Wire> PeerLoop<W> {
 
     fn retry(&mut self, local: usize) {
         let c = &mut self.clients[local];
-        c.retries += 1;
         c.phase = Phase::Idle;
-        if c.retries > MAX_RETRIES {
-            self.shared.error("gave_up_entering");
-            c.phase = Phase::Done;
-            return;
+        match self.shared.retry_at(c.idx, &mut c.retries) {
+            Some(at) => self
+                .timers
+                .push(Reverse((at, local as u32, TimerKind::Start))),
+            None => c.phase = Phase::Done,
         }
-        let at = self.shared.now_us() + crate::schedule::retry_delay_us(c.idx, c.retries);
-        self.timers
-            .push(Reverse((at, local as u32, TimerKind::Start)));
     }
 
     fn drop_conn(&mut self, local: usize, why: &str) {
