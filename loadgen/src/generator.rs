@@ -34,9 +34,16 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
+    /// An Elko cluster: director and context servers.
     Elko,
+    /// Redis pub/sub (RESP3).
     Redis,
+    /// NATS core.
     Nats,
+    /// `elko-minimal-fanout`: the least a server can do for this workload
+    /// (one loop, one write per member per pass, nothing else), speaking
+    /// Redis's pub/sub: what this machine's kernel costs any server.
+    Minimal,
 }
 
 impl TargetKind {
@@ -45,6 +52,7 @@ impl TargetKind {
             TargetKind::Elko => "elko",
             TargetKind::Redis => "redis",
             TargetKind::Nats => "nats",
+            TargetKind::Minimal => "minimal",
         }
     }
 }
@@ -184,7 +192,7 @@ impl LocalGen {
                 .map_err(GenError::Loops)?;
                 Runner::Elko(engine)
             }
-            TargetKind::Redis | TargetKind::Nats => {
+            TargetKind::Redis | TargetKind::Nats | TargetKind::Minimal => {
                 let pcfg = Arc::new(PeerConfig {
                     addr: spec.addr,
                     clients_total: s.clients,
@@ -194,10 +202,10 @@ impl LocalGen {
                     seed: s.seed,
                     source_ip: spec.source_ip,
                 });
-                let loops = if spec.kind == TargetKind::Redis {
-                    PeerLoops::start::<Resp3>(pcfg, shared.clone(), deal)
-                } else {
+                let loops = if spec.kind == TargetKind::Nats {
                     PeerLoops::start::<Nats>(pcfg, shared.clone(), deal)
+                } else {
+                    PeerLoops::start::<Resp3>(pcfg, shared.clone(), deal)
                 };
                 Runner::Peer(loops.map_err(GenError::Loops)?)
             }

@@ -91,13 +91,16 @@ struct ChatArgs {
     /// Generator processes (default: as few as the descriptor limit allows).
     #[arg(long, value_parser = parse_count)]
     gen_procs: Option<usize>,
-    /// What to drive: Elko, or a peer (Redis pub/sub, NATS core) on the same workload.
+    /// What to drive: Elko, or a peer on the same workload (Redis pub/sub, NATS core, or
+    /// `minimal`: elko-minimal-fanout, a server that does nothing but the fanout, to show
+    /// what this machine's kernel costs any server).
     #[arg(long, value_enum, default_value = "elko")]
     target: TargetKind,
-    /// A running peer server (default: start redis-server / nats-server locally).
+    /// A running peer server (default: start redis-server / nats-server / elko-minimal-fanout locally).
     #[arg(long)]
     target_addr: Option<SocketAddr>,
-    /// Also run these peers on the same scenario and print them side by side: 'redis,nats'.
+    /// Also run these peers on the same scenario and print them side by side:
+    /// 'redis,nats', 'minimal,redis,nats'.
     #[arg(long, value_delimiter = ',', value_enum)]
     compare: Vec<TargetKind>,
     /// For --preset max: seconds per rate step (at least 1).
@@ -116,7 +119,8 @@ struct ChatArgs {
     /// http://HOST:PORT[/PATH]. Repeatable.
     #[arg(long = "server-metrics", value_name = "URL")]
     server_metrics: Vec<MetricsUrl>,
-    /// Where elko-director and elko-contextd are (default: beside this executable).
+    /// Where elko-director, elko-contextd and elko-minimal-fanout are (default: beside this
+    /// executable).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Write the report as JSON.
@@ -199,16 +203,15 @@ fn scenario(a: &ChatArgs) -> Result<Scenario, String> {
 }
 
 fn target_of(a: &ChatArgs, kind: TargetKind) -> Target {
+    let bin_dir = || a.bin_dir.clone().unwrap_or_else(default_bin_dir);
     match kind {
         TargetKind::Elko => match a.director {
             Some(d) => Target::Director(d, existing_servers(a)),
-            None => Target::LocalElko {
-                bin_dir: a.bin_dir.clone().unwrap_or_else(default_bin_dir),
-            },
+            None => Target::LocalElko { bin_dir: bin_dir() },
         },
         k => match a.target_addr {
             Some(addr) if a.compare.is_empty() => Target::Peer(k, addr, existing_servers(a)),
-            _ => Target::LocalPeer(k),
+            _ => Target::LocalPeer(k, bin_dir()),
         },
     }
 }
@@ -266,7 +269,7 @@ fn main() {
         .any(|&k| matches!(target_of(&args, k), Target::Director(..) | Target::Peer(..)));
     if !existing_servers(&args).is_empty() && !existing {
         eprintln!(
-            "elko-loadgen: --server-pid and --server-metrics name a running server's process: use them with --director, or with --target-addr and --target redis|nats (servers the generator starts are measured anyway)"
+            "elko-loadgen: --server-pid and --server-metrics name a running server's process: use them with --director, or with --target-addr and --target redis|nats|minimal (servers the generator starts are measured anyway)"
         );
         std::process::exit(2);
     }
@@ -288,7 +291,7 @@ fn main() {
         .iter()
         .map(|&k| match target_of(&args, k) {
             Target::LocalElko { .. } => Servers::Started(TargetKind::Elko),
-            Target::LocalPeer(k) => Servers::Started(k),
+            Target::LocalPeer(k, _) => Servers::Started(k),
             Target::Director(..) | Target::Peer(..) => Servers::Existing,
         })
         .collect();

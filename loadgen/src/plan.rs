@@ -74,7 +74,7 @@ pub fn plan(
     if servers.contains(&Servers::Started(TargetKind::Elko)) {
         s.contextds = s.contextds_within(fd_limit)?;
     }
-    for kind in [TargetKind::Redis, TargetKind::Nats] {
+    for kind in [TargetKind::Redis, TargetKind::Nats, TargetKind::Minimal] {
         let most = PEER_MAX_CLIENTS.min(fd_limit.saturating_sub(64) as usize);
         if servers.contains(&Servers::Started(kind)) && s.clients > most {
             return Err(format!(

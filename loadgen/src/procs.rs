@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::generator::TargetKind;
 use elko_engine::{clock_ticks, ProcStat};
 
 /// CPU time (user + system) and resident memory of a process.
@@ -498,7 +499,7 @@ impl Cluster {
     }
 }
 
-/// A peer server (Redis or NATS) started on a free loopback port.
+/// A peer server (Redis, NATS or `elko-minimal-fanout`) started on a free loopback port.
 #[derive(Debug)]
 pub struct PeerServer {
     pub server: Server,
@@ -515,26 +516,42 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 impl PeerServer {
-    /// Start `redis-server` or `nats-server` (by `kind`: "redis" or "nats").
-    pub fn start(kind: &str) -> Result<PeerServer, ClusterError> {
-        let (prog, package) = match kind {
-            "redis" => ("redis-server", "redis-server"),
-            _ => ("nats-server", "nats-server"),
+    /// Start `redis-server` or `nats-server` (found on `$PATH`), or
+    /// `elko-minimal-fanout` (from `bin_dir`, built with the generator).
+    pub fn start(kind: TargetKind, bin_dir: &Path) -> Result<PeerServer, ClusterError> {
+        let (prog, bin) = match kind {
+            TargetKind::Minimal => {
+                let bin = bin_dir.join("elko-minimal-fanout");
+                if !bin.is_file() {
+                    return Err(ClusterError::Missing { path: bin });
+                }
+                ("elko-minimal-fanout", bin)
+            }
+            _ => {
+                let prog = if kind == TargetKind::Nats {
+                    "nats-server"
+                } else {
+                    "redis-server"
+                };
+                let bin = find_program(prog).ok_or_else(|| ClusterError::NotInstalled {
+                    name: prog.into(),
+                    package: prog.into(),
+                })?;
+                (prog, bin)
+            }
         };
-        let bin = find_program(prog).ok_or_else(|| ClusterError::NotInstalled {
-            name: prog.into(),
-            package: package.into(),
-        })?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(ClusterError::Port)?
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let p = port.to_string();
+        let floor_addr = addr.to_string();
         let max_clients = crate::plan::PEER_MAX_CLIENTS.to_string();
         let args: Vec<&str> = match kind {
+            TargetKind::Minimal => vec![&floor_addr],
             // No persistence, loopback only, as many clients as descriptors allow.
-            "redis" => vec![
+            TargetKind::Redis => vec![
                 "--port",
                 &p,
                 "--bind",

@@ -29,8 +29,9 @@ pub enum Target {
     /// Drive an existing Elko cluster through its director; measure these
     /// processes as its servers.
     Director(SocketAddr, Vec<ServerProc>),
-    /// Start a local peer server (`redis-server`, `nats-server`).
-    LocalPeer(TargetKind),
+    /// Start a local peer server (`redis-server`, `nats-server` from
+    /// `$PATH`; `elko-minimal-fanout` from this directory).
+    LocalPeer(TargetKind, PathBuf),
     /// Drive an existing peer server; measure these processes as the server.
     Peer(TargetKind, SocketAddr, Vec<ServerProc>),
 }
@@ -81,7 +82,7 @@ impl Target {
     pub fn kind(&self) -> TargetKind {
         match self {
             Target::LocalElko { .. } | Target::Director(..) => TargetKind::Elko,
-            Target::LocalPeer(k) | Target::Peer(k, ..) => *k,
+            Target::LocalPeer(k, _) | Target::Peer(k, ..) => *k,
         }
     }
 }
@@ -283,8 +284,8 @@ pub fn run(s: &Scenario, target: Target, exe: &Path) -> Result<Report, RunError>
             (Servers::Elko(c), a)
         }
         Target::Director(a, pids) => (existing("the director", a, pids)?, a),
-        Target::LocalPeer(k) => {
-            let p = PeerServer::start(k.name())?;
+        Target::LocalPeer(k, bin_dir) => {
+            let p = PeerServer::start(k, &bin_dir)?;
             let a = p.addr;
             (Servers::Peer(p), a)
         }

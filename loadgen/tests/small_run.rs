@@ -1,7 +1,8 @@
 //! A small scenario through the full path (director, redirect, token,
 //! contextd) with the real server binaries: zero loss and the JSON keys.
 //! Then the same workload split over two generator processes and two
-//! context servers, and against Redis and NATS when they are installed.
+//! context servers, against the minimal fanout server, and against Redis and NATS
+//! when they are installed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -586,6 +587,86 @@ fn the_nats_adapter_delivers_everything() {
     let v = small_run(&["--target", "nats"], "nats");
     assert_eq!(v["target"], "nats");
     assert_all_delivered(&v, 120);
+}
+
+#[test]
+fn the_minimal_fanout_server_delivers_everything_and_drops_only_a_bad_client() {
+    let v = small_run(&["--target", "minimal"], "minimal");
+    assert_eq!(v["target"], "minimal");
+    assert_all_delivered(&v, 120);
+    let procs = v["server"]["processes"].as_array().expect("processes");
+    assert_eq!(procs.len(), 1, "{v}");
+    assert_eq!(procs[0]["name"], "elko-minimal-fanout", "{v}");
+    assert!(v["server_cpu_us_per_delivery"].as_f64() > Some(0.0), "{v}");
+
+    // Garbage closes that one connection; a subscriber beside it still hears
+    // what is published.
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_elko-minimal-fanout"))
+        .arg(&addr)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start elko-minimal-fanout");
+    let connect = || {
+        for _ in 0..200 {
+            if let Ok(c) = TcpStream::connect(&addr) {
+                c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .expect("timeout");
+                return c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("elko-minimal-fanout is not listening on {addr}");
+    };
+    let read_until = |c: &mut TcpStream, want: &[u8]| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.windows(want.len()).any(|w| w == want) {
+            let n = c.read(&mut buf).expect("read");
+            assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    let mut sub = connect();
+    sub.write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nroom\r\n")
+        .expect("subscribe");
+    read_until(&mut sub, b"subscribe");
+    let mut bad = connect();
+    bad.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("garbage");
+    let mut rest = Vec::new();
+    match bad.read_to_end(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!(
+            "garbage got {other:?} {:?}, not a close",
+            String::from_utf8_lossy(&rest)
+        ),
+    }
+    let mut publisher = connect();
+    publisher
+        .write_all(b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nroom\r\n$2\r\nhi\r\n")
+        .expect("publish");
+    read_until(&mut publisher, b":1\r\n");
+    read_until(&mut sub, b"$2\r\nhi\r\n");
+    server.kill().expect("kill");
+    let mut err = String::new();
+    server
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    let _ = server.wait();
+    assert!(
+        err.contains("expected an array"),
+        "the reason is logged: {err}"
+    );
 }
 
 #[test]
