@@ -2,13 +2,13 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 use elko_loadgen::generator::{worker_main, TargetKind};
-use elko_loadgen::plan::{plan, Servers};
+use elko_loadgen::plan::{plan, Machine, Servers};
 use elko_loadgen::procs::{default_bin_dir, memory_available, MetricsUrl};
 use elko_loadgen::repeat::summarize;
 use elko_loadgen::report::{comparison, ratios, svg, Report};
 use elko_loadgen::run::{run, ServerProc, Target};
 use elko_loadgen::scenario::{
-    fd_limit, parse_count, parse_interval, parse_message_size, parse_period, parse_ramp,
+    cores, fd_limit, parse_count, parse_interval, parse_message_size, parse_period, parse_ramp,
     parse_rate, Preset, Scenario,
 };
 use elko_loadgen::threshold::{median_of, reports_of, Threshold};
@@ -71,8 +71,9 @@ struct ChatArgs {
     /// Random seed (utterance schedule).
     #[arg(long)]
     seed: Option<u64>,
-    /// Event loops of the started contextd [default: one per core]. On a 2-core machine shared
-    /// with the generator, `--workers 1` gives lower latency at high rates (see loadgen/RESULTS.md).
+    /// Event loops of each started contextd [default: the cores the generator's loops leave,
+    /// shared by the context servers, at least 1; here the servers and the generator share the
+    /// machine, and loops beyond its cores only take turns (see loadgen/RESULTS.md)].
     #[arg(long, value_parser = parse_count)]
     workers: Option<usize>,
     /// Context servers to start [default: 1, and as many more as the descriptor limit needs for
@@ -156,10 +157,7 @@ struct ChatArgs {
 /// parsed; what is left is how they fit together.
 fn scenario(a: &ChatArgs) -> Result<Scenario, String> {
     let mut s = match a.preset {
-        Preset::Scale => Scenario::scale_for(
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-            memory_available(),
-        ),
+        Preset::Scale => Scenario::scale_for(cores(), memory_available()),
         p => Scenario::preset(p),
     };
     let set = |slot: &mut usize, v: Option<usize>| *slot = v.unwrap_or(*slot);
@@ -296,7 +294,12 @@ fn main() {
         })
         .collect();
     let mut s = s;
-    if let Err(why) = plan(&mut s, &servers, fd_limit(), memory_available()) {
+    let machine = Machine {
+        fd_limit: fd_limit(),
+        mem_available: memory_available(),
+        cores: cores(),
+    };
+    if let Err(why) = plan(&mut s, &servers, machine) {
         eprintln!("elko-loadgen: this run cannot be done here: {why}");
         std::process::exit(2);
     }

@@ -33,15 +33,25 @@ pub enum Servers {
     Existing,
 }
 
-/// Check `s` against descriptor limit `fd_limit` and `mem_available` bytes
-/// (`None`: unknown, not checked) for every target in `servers`; on success,
-/// `s.contextds` and `s.gen_procs` hold what the run will start.
-pub fn plan(
-    s: &mut Scenario,
-    servers: &[Servers],
-    fd_limit: u64,
-    mem_available: Option<u64>,
-) -> Result<(), String> {
+/// What this machine offers a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Machine {
+    /// The descriptor limit of each process.
+    pub fd_limit: u64,
+    /// Free memory in bytes (`None`: unknown, not checked).
+    pub mem_available: Option<u64>,
+    pub cores: usize,
+}
+
+/// Check `s` against what `machine` offers for every target in `servers`;
+/// on success, `s.contextds`, `s.workers` and `s.gen_procs` hold what the
+/// run will start.
+pub fn plan(s: &mut Scenario, servers: &[Servers], machine: Machine) -> Result<(), String> {
+    let Machine {
+        fd_limit,
+        mem_available,
+        cores,
+    } = machine;
     if let Some(at) = s.stop_contextd_at {
         if !servers.contains(&Servers::Started(TargetKind::Elko)) {
             return Err(
@@ -73,6 +83,13 @@ pub fn plan(
     }
     if servers.contains(&Servers::Started(TargetKind::Elko)) {
         s.contextds = s.contextds_within(fd_limit)?;
+        if s.workers == 0 {
+            s.workers = s.workers_beside_generator(cores);
+        }
+    } else {
+        // No context server of ours: the knob sizes nothing (and the report
+        // must not name a loop count for servers someone else started).
+        s.workers = 0;
     }
     for kind in [TargetKind::Redis, TargetKind::Nats, TargetKind::Minimal] {
         let most = PEER_MAX_CLIENTS.min(fd_limit.saturating_sub(64) as usize);
@@ -117,6 +134,15 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
+    /// This machine: 20 000 descriptors, 2 cores.
+    fn here(mem_available: Option<u64>) -> Machine {
+        Machine {
+            fd_limit: 20_000,
+            mem_available,
+            cores: 2,
+        }
+    }
+
     /// sun2002 with `clients` in `rooms`.
     fn sized(clients: usize, rooms: usize) -> Scenario {
         Scenario {
@@ -134,19 +160,55 @@ mod tests {
             Servers::Started(TargetKind::Redis),
             Servers::Started(TargetKind::Nats),
         ];
-        plan(&mut s, &all, 20_000, Some(20 * GIB)).expect("fits");
+        plan(&mut s, &all, here(Some(20 * GIB))).expect("fits");
         assert_eq!((s.contextds, s.gen_procs), (1, 1));
     }
 
     #[test]
     fn the_servers_and_generators_a_run_needs_are_planned() {
         let mut s = sized(30_000, 750);
-        plan(&mut s, &[Servers::Started(TargetKind::Elko)], 20_000, None).expect("fits");
+        plan(&mut s, &[Servers::Started(TargetKind::Elko)], here(None)).expect("fits");
         assert_eq!((s.contextds, s.gen_procs), (2, 2));
         // A cluster already running: its size is not ours to choose.
         let mut e = sized(30_000, 750);
-        plan(&mut e, &[Servers::Existing], 20_000, None).expect("fits");
+        plan(&mut e, &[Servers::Existing], here(None)).expect("fits");
         assert_eq!(e.contextds, 1);
+    }
+
+    #[test]
+    fn started_context_servers_get_the_cores_the_generator_leaves() {
+        let elko = [Servers::Started(TargetKind::Elko)];
+        let on = |cores: usize, s: &mut Scenario| {
+            let machine = Machine {
+                cores,
+                ..here(None)
+            };
+            plan(s, &elko, machine).expect("fits");
+            s.workers
+        };
+        // Here: the generator's loop on one core, the context server on the other.
+        assert_eq!(on(2, &mut Scenario::preset(Preset::Sun2002)), 1);
+        assert_eq!(
+            on(1, &mut Scenario::preset(Preset::Sun2002)),
+            1,
+            "at least one"
+        );
+        assert_eq!(on(8, &mut Scenario::preset(Preset::Sun2002)), 7);
+        let mut two = Scenario {
+            contextds: 2,
+            gen_loops: 2,
+            ..Scenario::preset(Preset::Sun2002)
+        };
+        assert_eq!(on(8, &mut two), 3, "(8 - 2) / 2");
+        let mut asked = Scenario {
+            workers: 4,
+            ..Scenario::preset(Preset::Sun2002)
+        };
+        assert_eq!(on(2, &mut asked), 4, "--workers is kept");
+        // A cluster already running: not ours to size.
+        let mut e = Scenario::preset(Preset::Scale);
+        plan(&mut e, &[Servers::Existing], here(None)).expect("fits");
+        assert_eq!(e.workers, 0);
     }
 
     #[test]
@@ -155,12 +217,12 @@ mod tests {
             stop_contextd_at: Some(std::time::Duration::from_secs(30)),
             ..sized(8000, 200)
         };
-        plan(&mut s, &[Servers::Started(TargetKind::Elko)], 20_000, None).expect("fits");
+        plan(&mut s, &[Servers::Started(TargetKind::Elko)], here(None)).expect("fits");
         assert_eq!(s.contextds, 2);
-        let why = plan(&mut s, &[Servers::Existing], 20_000, None).expect_err("--director");
+        let why = plan(&mut s, &[Servers::Existing], here(None)).expect_err("--director");
         assert!(why.contains("stop one yourself"), "{why}");
         s.stop_contextd_at = Some(std::time::Duration::from_secs(60));
-        let why = plan(&mut s, &[Servers::Started(TargetKind::Elko)], 20_000, None)
+        let why = plan(&mut s, &[Servers::Started(TargetKind::Elko)], here(None))
             .expect_err("at the end");
         assert!(why.contains("not within the 60 s steady state"), "{why}");
     }
@@ -171,20 +233,18 @@ mod tests {
         let why = plan(
             &mut s,
             &[Servers::Started(TargetKind::Elko)],
-            20_000,
-            Some(23 * GIB),
+            here(Some(23 * GIB)),
         )
         .expect_err("5M clients in 23 GiB");
         assert!(why.contains("5000000 clients need about 57.2 GiB"), "{why}");
         assert!(why.contains("23.0 GiB available (MemAvailable)"), "{why}");
         // Driving a remote cluster costs this machine half as much.
         s.clients = 3_000_000;
-        assert!(plan(&mut s, &[Servers::Existing], 20_000, Some(23 * GIB)).is_ok());
+        assert!(plan(&mut s, &[Servers::Existing], here(Some(23 * GIB))).is_ok());
         assert!(plan(
             &mut s,
             &[Servers::Started(TargetKind::Elko)],
-            20_000,
-            Some(23 * GIB)
+            here(Some(23 * GIB))
         )
         .is_err());
 
@@ -192,19 +252,18 @@ mod tests {
         let why = plan(
             &mut peers,
             &[Servers::Started(TargetKind::Redis)],
-            20_000,
-            None,
+            here(None),
         )
         .expect_err("one redis-server");
         assert!(
             why.contains("20000 clients are more than the 19000 one redis process takes"),
             "{why}"
         );
-        assert!(plan(&mut peers, &[Servers::Existing], 20_000, None).is_ok());
+        assert!(plan(&mut peers, &[Servers::Existing], here(None)).is_ok());
 
         // Rooms are dealt whole, to one generator process each.
         let mut one_room = sized(30_000, 1);
-        let why = plan(&mut one_room, &[Servers::Existing], 20_000, None).expect_err("one room");
+        let why = plan(&mut one_room, &[Servers::Existing], here(None)).expect_err("one room");
         assert!(
             why.contains("a room of 30000 clients does not fit one generator process"),
             "{why}"

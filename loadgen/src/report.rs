@@ -398,9 +398,16 @@ impl Report {
             }
         }
         for p in &self.server.processes {
+            // The context servers this run started run the planned loops.
+            let loops = match s.workers {
+                n if n > 0 && p.name.starts_with("elko-contextd") => {
+                    format!("   event loops {n}")
+                }
+                _ => String::new(),
+            };
             let _ = writeln!(
                 o,
-                "  {:<20} pid {:<8} CPU {:>6.1}% of a core   RSS {:>7.1} MiB (before clients {:.1} MiB)   sockets {}",
+                "  {:<20} pid {:<8} CPU {:>6.1}% of a core   RSS {:>7.1} MiB (before clients {:.1} MiB)   sockets {}{loops}",
                 p.name,
                 p.pid.map_or("-".to_string(), |p| p.to_string()),
                 p.cpu_percent_of_core,
