@@ -139,7 +139,9 @@ struct ChatArgs {
     hlog: Option<PathBuf>,
     /// A limit; a breach makes the exit status 1. Repeatable: 'p99<5ms', 'loss<=0', 'cpu<5',
     /// 'dup<=0', 'ooo<=0', 'cpu_per_delivery<10us', 'rate>=300k', 'mem_per_client<2KiB';
-    /// relative to --baseline: 'p99<+10%', 'rate>=-5%'. With --repeat, every round is judged.
+    /// relative to --baseline: 'p99<+10%', 'rate>=-5%'; relative to a target compared in the same
+    /// round: 'cpu_per_delivery<1.2x minimal', 'p99<=0.9x redis' (with --compare minimal,redis).
+    /// With --repeat, every round is judged.
     #[arg(long)]
     threshold: Vec<Threshold>,
     /// An earlier run's --json, for relative thresholds ('p99<+10%': at most 10 % above its
@@ -282,6 +284,19 @@ fn main() {
         usage_error(format!(
             "threshold '{}' judges the server's CPU or memory, which this run does not measure: the generator did not start the servers; name their processes with --server-pid PID or --server-metrics HOST:PORT",
             t.text
+        ));
+    }
+    // A limit relative to another target needs that target in every round.
+    if let Some((t, of)) = args
+        .threshold
+        .iter()
+        .find_map(|t| Some((t, t.compared_with()?)))
+        .filter(|(_, of)| !kinds[1..].iter().any(|k| k.name() == *of))
+    {
+        usage_error(format!(
+            "threshold '{}' compares {} with {of}, which this run does not measure beside it: add --compare {of}",
+            t.text,
+            kinds[0].name()
         ));
     }
     // What the run needs from this machine, and what it will start.
@@ -466,14 +481,26 @@ fn judge(
             r.target.clone()
         };
         for t in thresholds {
-            let base = t.is_relative().then(|| median_of(t, &baseline)).flatten();
-            let (value, limit) = (t.measure(&json), t.limit(base));
-            let ok = matches!((value, limit), (Some(v), Some(l)) if t.holds(v, l));
             let shown =
                 |x: Option<f64>| x.map_or("none".to_string(), |x| format!("{x:.2}{}", t.unit()));
-            let against = match base {
-                Some(b) => format!("baseline {}, limit {}", shown(Some(b)), shown(limit)),
-                None => format!("limit {}", shown(limit)),
+            let (base, against) = match t.compared_with() {
+                Some(of) => {
+                    let peer = round.iter().find(|p| p.target == of);
+                    let b = peer.and_then(|p| t.measure(&serde_json::to_value(p).ok()?));
+                    (b, format!("{of} {}", shown(b)))
+                }
+                None if t.is_relative() => {
+                    let b = median_of(t, &baseline);
+                    (b, format!("baseline {}", shown(b)))
+                }
+                None => (None, String::new()),
+            };
+            let (value, limit) = (t.measure(&json), t.limit(base));
+            let ok = matches!((value, limit), (Some(v), Some(l)) if t.holds(v, l));
+            let against = if against.is_empty() {
+                format!("limit {}", shown(limit))
+            } else {
+                format!("{against}, limit {}", shown(limit))
             };
             println!(
                 "threshold {:<24} measured {:>16} ({which}; {against})  {}",

@@ -17,6 +17,12 @@
 //! an earlier run): at most 10 % above it, at least 5 % below it. A baseline
 //! of several rounds (`--repeat`) contributes its median.
 //!
+//! A limit written as a factor and a target, `cpu_per_delivery<1.2xminimal`
+//! or `p99<=0.9xredis`, is relative to the same figure of that target
+//! measured in the same round (`--compare minimal`): a gate that holds on
+//! any machine, since both figures come from the same machine at the same
+//! hour.
+//!
 //! Figures are read from the report's JSON form, so the baseline and the run
 //! are measured by the same code.
 
@@ -53,17 +59,22 @@ enum Op {
     Ge,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Limit {
     /// In the metric's base unit (µs, count, %, deliveries/s, bytes).
     Absolute(f64),
     /// Percent above (+) or below (-) the baseline's figure.
     Relative(f64),
+    /// This many times the figure of target `of` in the same round.
+    Times { factor: f64, of: String },
 }
+
+/// Targets a `Times` limit may name (`TargetKind::name`).
+const TARGETS: [&str; 4] = ["elko", "minimal", "redis", "nats"];
 
 /// Why a threshold did not parse.
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("bad threshold {text:?}: {why} (examples: 'p99<5ms', 'loss<=0', 'loss<0.1%', 'cpu<5', 'cpu_per_delivery<10us', 'rate>=300k', 'mem_per_client<2KiB', 'p99<+10%' with --baseline)")]
+#[error("bad threshold {text:?}: {why} (examples: 'p99<5ms', 'loss<=0', 'loss<0.1%', 'cpu<5', 'cpu_per_delivery<10us', 'rate>=300k', 'mem_per_client<2KiB', 'p99<+10%' with --baseline, 'cpu_per_delivery<1.2x minimal' with --compare minimal)")]
 pub struct ThresholdError {
     text: String,
     why: &'static str,
@@ -107,6 +118,26 @@ impl std::str::FromStr for Threshold {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(value.len());
         let (num, unit) = value.split_at(num_end);
+        if let Some(of) = unit.strip_prefix('x') {
+            let factor: f64 = num
+                .parse()
+                .map_err(|_| err("a factor is a number before x: 1.2x minimal"))?;
+            if !TARGETS.contains(&of) {
+                return Err(err(
+                    "x is followed by a target: elko, minimal, redis or nats",
+                ));
+            }
+            let metric = metric_named(name, "").map_err(err)?;
+            return Ok(Threshold {
+                text: text.to_string(),
+                metric,
+                op,
+                limit: Limit::Times {
+                    factor,
+                    of: of.to_string(),
+                },
+            });
+        }
         let n: f64 = num.parse().map_err(|_| err("the limit is not a number"))?;
         let metric = metric_named(name, unit).map_err(err)?;
         let scale = match metric {
@@ -172,6 +203,14 @@ impl Threshold {
         matches!(self.limit, Limit::Relative(_))
     }
 
+    /// The target whose figure in the same round the limit is a multiple of.
+    pub fn compared_with(&self) -> Option<&str> {
+        match &self.limit {
+            Limit::Times { of, .. } => Some(of),
+            _ => None,
+        }
+    }
+
     /// Whether the limit is on the server's CPU or memory, which a run
     /// measures only for servers it started or was told of.
     pub fn is_on_server(&self) -> bool {
@@ -202,12 +241,14 @@ impl Threshold {
         }
     }
 
-    /// The limit in the metric's base unit, given the baseline's figure
-    /// (None: relative, and no baseline figure).
-    pub fn limit(&self, baseline: Option<f64>) -> Option<f64> {
+    /// The limit in the metric's base unit, given the figure it is relative
+    /// to: the baseline's, or the compared target's (None: relative, and no
+    /// such figure).
+    pub fn limit(&self, reference: Option<f64>) -> Option<f64> {
         match self.limit {
             Limit::Absolute(l) => Some(l),
-            Limit::Relative(p) => baseline.map(|b| b * (1.0 + p / 100.0)),
+            Limit::Relative(p) => reference.map(|b| b * (1.0 + p / 100.0)),
+            Limit::Times { factor, .. } => reference.map(|b| b * factor),
         }
     }
 
@@ -297,11 +338,21 @@ mod tests {
         assert_eq!(t("mem_per_client<1.5KiB").limit, Limit::Absolute(1536.0));
         let rel = t("p99<+10%");
         assert_eq!(
-            (rel.limit, rel.is_relative()),
+            (rel.limit.clone(), rel.is_relative()),
             (Limit::Relative(10.0), true)
         );
         assert_eq!(t("rate>=-5%").limit, Limit::Relative(-5.0));
+        let times = t("cpu_per_delivery < 1.2x minimal");
+        assert_eq!(
+            (times.metric, times.compared_with(), times.is_relative()),
+            (Metric::CpuPerDelivery, Some("minimal"), false)
+        );
+        assert_eq!(t("p99<=0.9xredis").compared_with(), Some("redis"));
         for bad in [
+            "p99<1.2x",
+            "p99<1.2xmemcached",
+            "p99<x minimal",
+            "speed<2xredis",
             "p99=5ms",
             "p99<5",
             "p99<5kg",
@@ -328,6 +379,9 @@ mod tests {
         assert!((l - 880.0).abs() < 1e-9, "{l}");
         assert_eq!(rel.limit(None), None);
         assert_eq!(t("rate>=-5%").limit(Some(1000.0)), Some(950.0));
+        let times = t("cpu_per_delivery<1.2xminimal");
+        assert_eq!(times.limit(Some(10.0)), Some(12.0));
+        assert_eq!(times.limit(None), None, "no such target in the round");
     }
 
     #[test]

@@ -207,17 +207,33 @@ fn a_breached_threshold_fails_the_run_and_a_bad_one_is_refused() {
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    let verdict = |t: &str| {
-        stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("threshold {t} ")))
-            .unwrap_or_else(|| panic!("no line for {t}: {stdout}"))
-            .to_string()
-    };
+    let verdict = |t: &str| verdict_in(&stdout, t);
     assert!(verdict("rate>=-50%").ends_with("ok"), "{stdout}");
     assert!(verdict("rate>=+50%").ends_with("BREACHED"), "{stdout}");
     assert!(verdict("p99<+100000%").contains("baseline"), "{stdout}");
     assert!(verdict("p99<+100000%").ends_with("ok"), "{stdout}");
+
+    // Relative to a target run beside it in the same round: elko delivers
+    // as many as the minimal server, and not a hundred times as many.
+    let out = tiny(&[
+        "--compare",
+        "minimal",
+        "--threshold",
+        "rate>=0.5xminimal",
+        "--threshold",
+        "rate>=100xminimal",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        verdict_in(&stdout, "rate>=0.5xminimal").ends_with("ok"),
+        "{stdout}"
+    );
+    let far = verdict_in(&stdout, "rate>=100xminimal");
+    assert!(
+        far.contains("(elko; minimal ") && far.ends_with("BREACHED"),
+        "{stdout}"
+    );
 
     // Refused before anything runs: a bad limit, a relative one with no
     // baseline, a baseline without the judged target.
@@ -230,7 +246,19 @@ fn a_breached_threshold_fails_the_run_and_a_bad_one_is_refused() {
     let (code, stderr) = loadgen_fails(&["chat", "--target", "redis", "--baseline", b]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("no redis report"), "{stderr}");
+    let (code, stderr) = loadgen_fails(&["chat", "--threshold", "p99<1.1xredis"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("add --compare redis"), "{stderr}");
     let _ = std::fs::remove_file(&base);
+}
+
+/// The verdict line of threshold `t` in elko-loadgen's output.
+fn verdict_in(stdout: &str, t: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("threshold {t} ")))
+        .unwrap_or_else(|| panic!("no line for {t}: {stdout}"))
+        .to_string()
 }
 
 /// Runs elko-loadgen with `args`; returns its exit code and stderr.
