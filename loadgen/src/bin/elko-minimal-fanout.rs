@@ -223,6 +223,11 @@ impl Server {
                     if n < chunk.len() {
                         return self.commands(slot);
                     }
+                    if c.inbuf.len() > IN_LIMIT {
+                        // A client that keeps sending: run what is complete
+                        // before reading on, so the input stays bounded.
+                        self.commands(slot)?;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.commands(slot),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -309,15 +314,24 @@ fn main() -> io::Result<()> {
             if ev.token() == LISTENER {
                 loop {
                     match listener.accept() {
-                        Ok((mut stream, _)) => {
-                            stream.set_nodelay(true)?;
-                            let slot = s.conns.insert(Conn::default());
-                            poll.registry().register(
-                                &mut stream,
-                                Token(slot),
-                                Interest::READABLE | Interest::WRITABLE,
-                            )?;
-                            s.conns[slot].stream = Some(stream);
+                        Ok((mut stream, peer)) => {
+                            let slot = s.conns.vacant_key();
+                            let setup = stream.set_nodelay(true).and_then(|()| {
+                                poll.registry().register(
+                                    &mut stream,
+                                    Token(slot),
+                                    Interest::READABLE | Interest::WRITABLE,
+                                )
+                            });
+                            match setup {
+                                Ok(()) => {
+                                    s.conns.insert(Conn {
+                                        stream: Some(stream),
+                                        ..Conn::default()
+                                    });
+                                }
+                                Err(e) => eprintln!("elko-minimal-fanout: {peer}: {e}; closed"),
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => {
