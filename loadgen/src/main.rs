@@ -483,24 +483,21 @@ fn judge(
         for t in thresholds {
             let shown =
                 |x: Option<f64>| x.map_or("none".to_string(), |x| format!("{x:.2}{}", t.unit()));
-            let (base, against) = match t.compared_with() {
+            // The figure a relative limit is taken from, and its name.
+            let (base, from) = match t.compared_with() {
                 Some(of) => {
                     let peer = round.iter().find(|p| p.target == of);
                     let b = peer.and_then(|p| t.measure(&serde_json::to_value(p).ok()?));
-                    (b, format!("{of} {}", shown(b)))
+                    (b, Some(of))
                 }
-                None if t.is_relative() => {
-                    let b = median_of(t, &baseline);
-                    (b, format!("baseline {}", shown(b)))
-                }
-                None => (None, String::new()),
+                None if t.is_relative() => (median_of(t, &baseline), Some("baseline")),
+                None => (None, None),
             };
             let (value, limit) = (t.measure(&json), t.limit(base));
             let ok = matches!((value, limit), (Some(v), Some(l)) if t.holds(v, l));
-            let against = if against.is_empty() {
-                format!("limit {}", shown(limit))
-            } else {
-                format!("{against}, limit {}", shown(limit))
+            let against = match from {
+                Some(from) => format!("{from} {}, limit {}", shown(base), shown(limit)),
+                None => format!("limit {}", shown(limit)),
             };
             println!(
                 "threshold {:<24} measured {:>16} ({which}; {against})  {}",
