@@ -114,13 +114,21 @@ struct Server {
     args: Vec<(usize, usize)>,
 }
 
+/// Note that `slot` has output to write at the end of the pass.
+fn mark(conns: &mut slab::Slab<Conn>, dirty: &mut Vec<usize>, slot: usize) {
+    let c = &mut conns[slot];
+    if !c.dirty {
+        c.dirty = true;
+        dirty.push(slot);
+    }
+}
+
+/// Why `read` ends a connection without anything to report.
+const CLOSED_BY_PEER: &str = "closed by peer";
+
 impl Server {
     fn mark(&mut self, slot: usize) {
-        let c = &mut self.conns[slot];
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty.push(slot);
-        }
+        mark(&mut self.conns, &mut self.dirty, slot);
     }
 
     /// Run every complete command in `slot`'s input. Err closes it.
@@ -169,10 +177,7 @@ impl Server {
                                 continue;
                             }
                             c.out.extend_from_slice(&self.msg);
-                            if !c.dirty {
-                                c.dirty = true;
-                                self.dirty.push(m);
-                            }
+                            mark(&mut self.conns, &mut self.dirty, m);
                         }
                         let n = members.len() - gone.len();
                         let _ = write!(self.conns[slot].out, ":{n}\r\n");
@@ -217,7 +222,7 @@ impl Server {
                 return Ok(());
             };
             match stream.read(&mut chunk) {
-                Ok(0) => return Err("closed by peer".into()),
+                Ok(0) => return Err(CLOSED_BY_PEER.into()),
                 Ok(n) => {
                     c.inbuf.extend_from_slice(&chunk[..n]);
                     if n < chunk.len() {
@@ -351,7 +356,7 @@ fn main() -> io::Result<()> {
             }
             if ev.is_readable() {
                 if let Err(e) = s.read(slot) {
-                    if e != "closed by peer" {
+                    if e != CLOSED_BY_PEER {
                         eprintln!("elko-minimal-fanout: connection {slot}: {e}");
                     }
                     s.close(slot);
