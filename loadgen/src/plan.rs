@@ -87,8 +87,7 @@ pub fn plan(s: &mut Scenario, servers: &[Servers], machine: Machine) -> Result<(
             s.workers = s.workers_beside_generator(cores);
         }
     } else {
-        // No context server of ours: the knob sizes nothing (and the report
-        // must not name a loop count for servers someone else started).
+        // No context server of ours: the knob sizes nothing.
         s.workers = 0;
     }
     for kind in [TargetKind::Redis, TargetKind::Nats, TargetKind::Minimal] {

@@ -393,6 +393,9 @@ fn field(line: &str, key: &str) -> Option<SocketAddr> {
 pub struct Cluster {
     pub director: Server,
     pub contextds: Vec<Server>,
+    /// Event loops of each context server (`None`: left to the server,
+    /// one per core).
+    pub contextd_loops: Option<usize>,
     pub client_addr: SocketAddr,
     dir: PathBuf,
 }
@@ -469,6 +472,7 @@ impl Cluster {
         Ok(Cluster {
             director,
             contextds: servers,
+            contextd_loops: (workers > 0).then_some(workers),
             client_addr,
             dir,
         })

@@ -47,6 +47,9 @@ pub struct ProcReport {
     pub rss_before_clients_bytes: u64,
     /// Sockets held (connections and listeners), counted in the steady state.
     pub sockets: Option<u64>,
+    /// Event loops, for a context server this run started (`None`: not
+    /// chosen by the run).
+    pub event_loops: Option<usize>,
 }
 
 /// All server processes. The figures are `None` (JSON `null`) when no
@@ -398,13 +401,9 @@ impl Report {
             }
         }
         for p in &self.server.processes {
-            // The context servers this run started run the planned loops.
-            let loops = match s.workers {
-                n if n > 0 && p.name.starts_with("elko-contextd") => {
-                    format!("   event loops {n}")
-                }
-                _ => String::new(),
-            };
+            let loops = p
+                .event_loops
+                .map_or(String::new(), |n| format!("   event loops {n}"));
             let _ = writeln!(
                 o,
                 "  {:<20} pid {:<8} CPU {:>6.1}% of a core   RSS {:>7.1} MiB (before clients {:.1} MiB)   sockets {}{loops}",
@@ -1124,6 +1123,7 @@ pub(crate) mod tests {
                     rss_bytes: 30 << 20,
                     rss_before_clients_bytes: 20 << 20,
                     sockets: Some(8001),
+                    event_loops: Some(1),
                 }],
             },
             loadgen_cpu_percent_of_core: 6.0,

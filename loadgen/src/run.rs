@@ -163,17 +163,27 @@ enum Servers {
 }
 
 impl Servers {
-    /// Name and source of each server process, to measure.
-    fn processes(&self) -> Vec<(String, ServerProc)> {
-        let started = |v: Vec<&Server>| {
-            v.iter()
-                .map(|p| (p.name.clone(), ServerProc::Pid(p.pid())))
-                .collect()
+    /// Each server process to measure: its name, where its figures are
+    /// read, and its event loops when this run chose them.
+    fn processes(&self) -> Vec<MeasuredProc> {
+        let started = |p: &Server, loops| MeasuredProc {
+            name: p.name.clone(),
+            source: ServerProc::Pid(p.pid()),
+            event_loops: loops,
         };
         match self {
-            Servers::Existing(procs) => procs.iter().map(|p| (p.name(), p.clone())).collect(),
-            Servers::Elko(c) => started(c.servers().collect()),
-            Servers::Peer(p) => started(vec![&p.server]),
+            Servers::Existing(procs) => procs
+                .iter()
+                .map(|p| MeasuredProc {
+                    name: p.name(),
+                    source: p.clone(),
+                    event_loops: None,
+                })
+                .collect(),
+            Servers::Elko(c) => std::iter::once(started(&c.director, None))
+                .chain(c.contextds.iter().map(|s| started(s, c.contextd_loops)))
+                .collect(),
+            Servers::Peer(p) => vec![started(&p.server, None)],
         }
     }
 
@@ -296,6 +306,13 @@ pub fn run(s: &Scenario, target: Target, exe: &Path) -> Result<Report, RunError>
     result
 }
 
+/// A server process a run measures.
+struct MeasuredProc {
+    name: String,
+    source: ServerProc,
+    event_loops: Option<usize>,
+}
+
 /// Generator process `share`'s own source address when clients are spread
 /// over several: 127.0.0.2, 127.0.0.3, ... (on into 127.0.1.x past 253).
 fn source_ip(share: usize) -> IpAddr {
@@ -332,7 +349,7 @@ fn drive(
     let server_procs = servers.processes();
     let baseline_rss: Vec<u64> = server_procs
         .iter()
-        .map(|(_, p)| p.sample().map_or(0, |x| x.rss_bytes))
+        .map(|p| p.source.sample().map_or(0, |x| x.rss_bytes))
         .collect();
 
     let start_us = (s.ramp + SETTLE).as_micros() as u64;
@@ -369,7 +386,10 @@ fn drive(
     } else {
         gens.iter().map(|g| g.child_pid()).collect()
     };
-    let mut cpu = Cpu::new(server_procs.iter().map(|p| p.1.clone()).collect(), gen_pids);
+    let mut cpu = Cpu::new(
+        server_procs.iter().map(|p| p.source.clone()).collect(),
+        gen_pids,
+    );
 
     let mut timeline = Vec::new();
     let tty = std::io::stderr().is_terminal();
@@ -418,7 +438,7 @@ fn drive(
         if steady {
             totals.add(&per, gen_cpu, machine_cpu, softirq_cpu);
             if sockets.iter().all(Option::is_none) {
-                sockets = server_procs.iter().map(|p| p.1.sockets()).collect();
+                sockets = server_procs.iter().map(|p| p.source.sockets()).collect();
             }
         }
         let row = TimelineRow::second(t, phase, &c, &last, &ih, &per, gen_cpu);
@@ -543,9 +563,10 @@ fn drive(
     let processes: Vec<ProcReport> = server_procs
         .iter()
         .enumerate()
-        .map(|(i, (name, source))| ProcReport {
-            name: name.clone(),
-            pid: source.pid(),
+        .map(|(i, p)| ProcReport {
+            name: p.name.clone(),
+            pid: p.source.pid(),
+            event_loops: p.event_loops,
             cpu_percent_of_core: totals.percent(totals.server_cpu_s[i]),
             rss_bytes: totals.server_rss[i],
             rss_before_clients_bytes: baseline_rss[i],

@@ -123,6 +123,16 @@ fn two_hundred_clients_ten_rooms_lose_nothing() {
         "the contextd holds every client's connection: {}",
         v["server"]["processes"][1]
     );
+    // The context server runs the loops the plan gave it (the cores the
+    // generator leaves, at least one), and the report says so.
+    let loops = &v["server"]["processes"][1]["event_loops"];
+    assert!(loops.as_u64() >= Some(1), "{}", v["server"]);
+    assert_eq!(loops, &v["scenario"]["workers"], "{v}");
+    assert!(
+        v["server"]["processes"][0]["event_loops"].is_null(),
+        "director"
+    );
+    assert!(stdout.contains(&format!("event loops {loops}")), "{stdout}");
     assert_eq!(v["clients_connected"], 200);
     assert_eq!(v["lost"], 0);
     assert_eq!(v["duplicates"], 0);
