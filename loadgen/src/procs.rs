@@ -478,11 +478,6 @@ impl Cluster {
         })
     }
 
-    /// Every server process.
-    pub fn servers(&self) -> impl Iterator<Item = &Server> {
-        std::iter::once(&self.director).chain(self.contextds.iter())
-    }
-
     /// Stop context server `i` (SIGTERM, then SIGKILL after 5 s) while the
     /// rest run on: its name, whether it exited by itself, and how long it
     /// took. `None` if there is no such server.
@@ -550,10 +545,10 @@ impl PeerServer {
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let p = port.to_string();
-        let floor_addr = addr.to_string();
+        let listen_addr = addr.to_string();
         let max_clients = crate::plan::PEER_MAX_CLIENTS.to_string();
         let args: Vec<&str> = match kind {
-            TargetKind::Minimal => vec![&floor_addr],
+            TargetKind::Minimal => vec![&listen_addr],
             // No persistence, loopback only, as many clients as descriptors allow.
             TargetKind::Redis => vec![
                 "--port",
