@@ -474,7 +474,12 @@ fn judge(
         if r.target != first.name() {
             continue; // this round's first target failed
         }
-        let json = serde_json::to_value(r).unwrap_or_default();
+        // Every target's figures in this round, as thresholds read them.
+        let jsons: Vec<serde_json::Value> = round
+            .iter()
+            .map(|p| serde_json::to_value(p).unwrap_or_default())
+            .collect();
+        let json = &jsons[0];
         let which = if rounds.len() > 1 {
             format!("{}, round {}", r.target, i + 1)
         } else {
@@ -486,14 +491,13 @@ fn judge(
             // The figure a relative limit is taken from, and its name.
             let (base, from) = match t.compared_with() {
                 Some(of) => {
-                    let peer = round.iter().find(|p| p.target == of);
-                    let b = peer.and_then(|p| t.measure(&serde_json::to_value(p).ok()?));
-                    (b, Some(of))
+                    let peer = jsons.iter().find(|p| p["target"] == of);
+                    (peer.and_then(|p| t.measure(p)), Some(of))
                 }
                 None if t.is_relative() => (median_of(t, &baseline), Some("baseline")),
                 None => (None, None),
             };
-            let (value, limit) = (t.measure(&json), t.limit(base));
+            let (value, limit) = (t.measure(json), t.limit(base));
             let ok = matches!((value, limit), (Some(v), Some(l)) if t.holds(v, l));
             let against = match from {
                 Some(from) => format!("{from} {}, limit {}", shown(base), shown(limit)),

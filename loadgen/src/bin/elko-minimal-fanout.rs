@@ -27,6 +27,7 @@
 //! client); anything it cannot parse closes that one connection with the
 //! reason on stderr.
 
+use elko_loadgen::peer::wire::bulk;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
@@ -96,12 +97,6 @@ fn parse(buf: &[u8], args: &mut Vec<(usize, usize)>) -> Result<Option<usize>, St
         pos = start + len + 2;
     }
     Ok(Some(pos))
-}
-
-fn bulk(out: &mut Vec<u8>, b: &[u8]) {
-    let _ = write!(out, "${}\r\n", b.len());
-    out.extend_from_slice(b);
-    out.extend_from_slice(b"\r\n");
 }
 
 struct Server {
@@ -287,12 +282,8 @@ fn main() -> io::Result<()> {
         .parse()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
     // One socket per client: take as many descriptors as allowed.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
+    if let Err(e) = elko_engine::raise_fd_limit(u64::MAX) {
+        eprintln!("elko-minimal-fanout: cannot raise RLIMIT_NOFILE: {e}");
     }
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind(addr)?;

@@ -131,7 +131,8 @@ fn item(buf: &[u8], pos: usize, depth: u32) -> Result<Option<Item>, WireError> {
     }
 }
 
-fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+/// Append `b` as a RESP bulk string.
+pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
     let _ = write!(out, "${}\r\n", b.len());
     out.extend_from_slice(b);
     out.extend_from_slice(b"\r\n");
