@@ -127,6 +127,12 @@ pub struct EngineConfig {
     pub mailbox_capacity: usize,
     /// How often the loop sweeps connections for timeouts and heartbeats.
     pub sweep_interval: Duration,
+    /// Have the kernel stamp what arrives on every connection and read with
+    /// `recvmsg`, so that a handler learns when the bytes of the frame it
+    /// handles reached the socket ([`Ctx::rx_stamp`](crate::Ctx::rx_stamp)).
+    /// For measuring clients (the load generator), not servers: the stamp
+    /// costs a little on every segment.
+    pub rx_timestamps: bool,
 }
 
 impl Default for EngineConfig {
@@ -140,6 +146,7 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             mailbox_capacity: 65_536,
             sweep_interval: Duration::from_millis(250),
+            rx_timestamps: false,
         }
     }
 }

@@ -16,6 +16,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,9 @@ pub struct Ctx<M> {
     pub(crate) cfg: Arc<EngineConfig>,
     pub(crate) stats: Arc<LoopStats>,
     pub(crate) now: Instant,
+    /// When the bytes that completed the frame being dispatched reached the
+    /// socket (with [`EngineConfig::rx_timestamps`]).
+    pub(crate) rx_stamp: Option<Instant>,
     arena: BytesMut,
     pub(crate) shutting_down: bool,
 }
@@ -73,6 +77,7 @@ impl<M: Send + 'static> Ctx<M> {
             cfg,
             stats,
             now: Instant::now(),
+            rx_stamp: None,
             arena: BytesMut::new(),
             shutting_down: false,
         }
@@ -81,6 +86,15 @@ impl<M: Send + 'static> Ctx<M> {
     /// The time at the start of this pass (cheap; refreshed before timers run).
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// In `on_frame`, when the kernel received the bytes that completed this
+    /// frame, with [`EngineConfig::rx_timestamps`] on (the stamp of the
+    /// read that completed it; several frames in one read share it). `None`
+    /// without stamps, or for a frame completed in an earlier pass (left
+    /// buffered by the frame budget). Meaningful only in `on_frame`.
+    pub fn rx_stamp(&self) -> Option<Instant> {
+        self.rx_stamp
     }
 
     /// This loop's index, `0..loop_count()`.
@@ -379,6 +393,9 @@ impl<M: Send + 'static> Ctx<M> {
         listener: Option<u8>,
     ) -> io::Result<ConnId> {
         let _ = stream.set_nodelay(true);
+        if self.cfg.rx_timestamps {
+            crate::rx_stamp::enable(stream.as_fd())?;
+        }
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         self.registry

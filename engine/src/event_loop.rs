@@ -34,6 +34,7 @@ use mio::{Events, Interest, Poll, Token};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 pub(crate) const WAKER_TOKEN: Token = Token(0);
@@ -239,6 +240,8 @@ impl<H: Handler> EventLoop<H> {
         // new event will come for the FIN), nor on a pass that resumes a
         // connection whose event was consumed earlier.
         let mut drained = false;
+        // Frames already buffered were completed by an earlier pass's read.
+        self.cx.rx_stamp = None;
         loop {
             // Dispatch what is buffered first.
             loop {
@@ -280,7 +283,17 @@ impl<H: Handler> EventLoop<H> {
                 return;
             }
             let want = bytes_left.min(self.scratch.len());
-            match conn.stream.read(&mut self.scratch[..want]) {
+            let read = if self.cx.cfg.rx_timestamps {
+                crate::rx_stamp::recv(conn.stream.as_fd(), &mut self.scratch[..want]).map(
+                    |(n, stamp)| {
+                        self.cx.rx_stamp = stamp;
+                        n
+                    },
+                )
+            } else {
+                conn.stream.read(&mut self.scratch[..want])
+            };
+            match read {
                 Ok(0) => conn.eof = true,
                 Ok(n) => {
                     drained = short_read_drains && n < want;

@@ -33,6 +33,7 @@ mod handler;
 mod mailbox;
 mod out_queue;
 mod process;
+pub mod rx_stamp;
 mod stats;
 mod timer;
 mod timerfd;

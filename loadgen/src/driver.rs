@@ -23,7 +23,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Settings every loop shares.
 #[derive(Debug, Clone)]
@@ -321,7 +321,8 @@ impl Driver {
         }
     }
 
-    fn said(&mut self, local: usize, frame: &Frame) {
+    /// A copy of an utterance, whose bytes reached the socket at `stamp`.
+    fn said(&mut self, local: usize, frame: &Frame, stamp: Option<Instant>) {
         let s: SaidRef<'_> = match frame.decode_as(MessageType::Said) {
             Ok(s) => s,
             Err(_) => return self.shared.error("bad_said"),
@@ -336,6 +337,7 @@ impl Driver {
             intended_us: s.sent_at_us,
             late_us: late,
             now_us: now,
+            arrived_us: stamp.map(|t| self.shared.us_at(t)),
             member_since_us: c.entered_us,
         };
         self.shared.delivered(self.idx, order, d);
@@ -409,7 +411,7 @@ impl Handler for Driver {
     fn on_frame(&mut self, cx: &mut Ctx<Control>, conn: ConnId, frame: Frame) {
         match self.roles.get(&conn).copied() {
             Some(Role::Contextd(local)) => match frame.message_type() {
-                Ok(MessageType::Said) => self.said(local, &frame),
+                Ok(MessageType::Said) => self.said(local, &frame, cx.rx_stamp()),
                 Ok(MessageType::Joined) | Ok(MessageType::Left) | Ok(MessageType::AppMessage) => {}
                 Ok(MessageType::Snapshot) if self.clients[local].phase == Phase::Entering => {
                     self.entered(cx, local)

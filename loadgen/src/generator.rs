@@ -182,6 +182,7 @@ impl LocalGen {
                         max_connections_per_loop: usize::MAX,
                         ..Limits::default()
                     },
+                    rx_timestamps: true,
                     ..EngineConfig::default()
                 };
                 let sh = shared.clone();

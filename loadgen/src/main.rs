@@ -137,7 +137,8 @@ struct ChatArgs {
     /// Tag per target), for HistogramLogProcessor, HistogramLogAnalyzer and the like.
     #[arg(long)]
     hlog: Option<PathBuf>,
-    /// A limit; a breach makes the exit status 1. Repeatable: 'p99<5ms', 'loss<=0', 'cpu<5',
+    /// A limit; a breach makes the exit status 1. Repeatable: 'p99<5ms' (latency to the
+    /// generator's read; 'socket_p99<5ms' to the client's socket), 'loss<=0', 'cpu<5',
     /// 'dup<=0', 'ooo<=0', 'cpu_per_delivery<10us', 'rate>=300k', 'mem_per_client<2KiB';
     /// relative to --baseline: 'p99<+10%', 'rate>=-5%'; relative to a target compared in the same
     /// round: 'cpu_per_delivery<1.2x minimal', 'p99<=0.9x redis' (with --compare minimal,redis).

@@ -84,6 +84,15 @@ pub struct WindowHists {
     /// Per such utterance: first copy to last.
     #[serde(with = "hex_histogram")]
     pub fanout_spread: Histogram<u64>,
+    /// Every delivery whose read carried the kernel's receive stamp, from
+    /// the intended send time to that stamp: when the copy reached the
+    /// client's socket, without the generator's own wake-up and reads.
+    #[serde(with = "hex_histogram", default = "new_histogram")]
+    pub at_socket: Histogram<u64>,
+    /// The same deliveries, from that stamp to the generator's read: the
+    /// generator's own share of `corrected`.
+    #[serde(with = "hex_histogram", default = "new_histogram")]
+    pub read_lag: Histogram<u64>,
     /// Per entry into a room, ramp and re-entries included: from the first
     /// connect of the attempt (for Elko, to the director) to being in the
     /// room (Elko: the Snapshot; a peer: its subscription confirmed).
@@ -98,6 +107,8 @@ impl Default for WindowHists {
             uncorrected: new_histogram(),
             first_copy: new_histogram(),
             fanout_spread: new_histogram(),
+            at_socket: new_histogram(),
+            read_lag: new_histogram(),
             enter: new_histogram(),
         }
     }
@@ -110,6 +121,8 @@ impl WindowHists {
         let _ = self.uncorrected.add(&o.uncorrected);
         let _ = self.first_copy.add(&o.first_copy);
         let _ = self.fanout_spread.add(&o.fanout_spread);
+        let _ = self.at_socket.add(&o.at_socket);
+        let _ = self.read_lag.add(&o.read_lag);
         let _ = self.enter.add(&o.enter);
     }
 }
@@ -136,11 +149,17 @@ impl LoopHists {
         }
     }
 
-    /// Record one delivery's latencies.
-    pub fn record(&mut self, corrected_us: u64, uncorrected_us: u64) {
+    /// Record one delivery's latencies; `stamped`: from the intended send
+    /// time to the copy's kernel receive stamp, and from there to its read.
+    pub fn record(&mut self, corrected_us: u64, uncorrected_us: u64, stamped: Option<(u64, u64)>) {
         record_clamped(&mut self.window.corrected, corrected_us);
         record_clamped(&mut self.window.uncorrected, uncorrected_us);
         record_clamped(&mut self.interval, corrected_us);
+        if let Some((at_socket_us, read_lag_us)) = stamped {
+            record_clamped(&mut self.window.at_socket, at_socket_us);
+            // A lag under 1 µs is recorded as 1 µs, like every value.
+            record_clamped(&mut self.window.read_lag, read_lag_us);
+        }
     }
 
     /// Record one utterance's complete fanout.
@@ -162,8 +181,11 @@ pub struct Delivery {
     pub intended_us: u64,
     /// How late its sender sent it, µs.
     pub late_us: u64,
-    /// When it was received.
+    /// When it was read.
     pub now_us: u64,
+    /// When the kernel queued it on the receiver's socket (the read's
+    /// receive stamp), if the read carried one.
+    pub arrived_us: Option<u64>,
     /// When the receiver entered its room (an utterance sent before that was
     /// not expected to reach it, so it does not count as a delivery either).
     pub member_since_us: u64,
@@ -337,6 +359,12 @@ impl Shared {
         self.epoch.elapsed().as_micros() as u64
     }
 
+    /// `t` in microseconds since the epoch (0 before it).
+    #[inline]
+    pub fn us_at(&self, t: std::time::Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
     /// Whether an utterance intended at `t_us` is measured.
     #[inline]
     pub fn in_window(&self, t_us: u64) -> bool {
@@ -416,9 +444,14 @@ impl Shared {
                 .lock()
                 .arrived(d.utterance, d.intended_us, d.now_us, members);
         let mut h = self.hists[lp].lock();
+        let stamped = d.arrived_us.map(|a| {
+            let a = a.min(d.now_us);
+            (a.saturating_sub(d.intended_us), d.now_us - a)
+        });
         h.record(
             d.now_us.saturating_sub(d.intended_us),
             d.now_us.saturating_sub(sent_us),
+            stamped,
         );
         if let Some(f) = fanout {
             h.record_fanout(f);
@@ -588,6 +621,7 @@ mod tests {
             intended_us,
             late_us: 5,
             now_us,
+            arrived_us: None,
             member_since_us,
         }
     }
@@ -618,8 +652,8 @@ mod tests {
     #[test]
     fn histograms_merge_across_loops_clamp_and_cross_processes() {
         let s = shared(2);
-        s.hists[0].lock().record(100, 90);
-        s.hists[1].lock().record(u64::MAX, 0);
+        s.hists[0].lock().record(100, 90, Some((80, 20)));
+        s.hists[1].lock().record(u64::MAX, 0, None);
         s.hists[1].lock().record_fanout(Fanout {
             first_copy_us: 70,
             spread_us: 0,
@@ -637,7 +671,31 @@ mod tests {
         assert!(histogram_from_hex("zz").is_empty());
         let json = serde_json::to_string(&t).expect("json");
         let back: WindowHists = serde_json::from_str(&json).expect("parse");
-        assert_eq!(back, t, "all four cross processes");
+        assert_eq!(back, t, "all of them cross processes");
+        assert_eq!(
+            (t.at_socket.len(), t.read_lag.max()),
+            (1, 20),
+            "one stamped"
+        );
+    }
+
+    #[test]
+    fn a_stamped_copy_splits_its_latency_at_the_socket() {
+        let s = shared(1);
+        s.room_members[1].store(2, Relaxed);
+        let stamped = |now_us, arrived_us| Delivery {
+            arrived_us: Some(arrived_us),
+            ..copy(6, 100, now_us, 0)
+        };
+        s.delivered(0, SeqVerdict::InOrder, stamped(180, 130));
+        // A stamp after the read (a clock step) counts as read on arrival.
+        s.delivered(0, SeqVerdict::InOrder, stamped(150, 170));
+        s.delivered(0, SeqVerdict::InOrder, copy(7, 100, 190, 0));
+        let t = s.totals();
+        assert_eq!(t.corrected.len(), 3);
+        assert_eq!((t.at_socket.len(), t.at_socket.min()), (2, 30));
+        assert_eq!(t.at_socket.max(), 50);
+        assert_eq!((t.read_lag.min(), t.read_lag.max()), (1, 50));
     }
 
     #[test]

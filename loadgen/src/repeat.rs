@@ -82,7 +82,7 @@ const RATIOS: [RatioFigure; 4] = [
 type Metric = (&'static str, usize, fn(&Report) -> f64);
 
 /// What is summarised for each target: name, decimals shown, value.
-const METRICS: [Metric; 10] = [
+const METRICS: [Metric; 12] = [
     ("server_cpu_us_per_delivery", 2, |r| {
         r.server_cpu_us_per_delivery.unwrap_or(f64::NAN)
     }),
@@ -97,6 +97,12 @@ const METRICS: [Metric; 10] = [
     }),
     ("fanout_spread_p99_ms", 2, |r| {
         r.fanout_spread_us.p99 as f64 / 1000.0
+    }),
+    ("at_socket_p99_ms", 2, |r| {
+        r.latency_at_socket_us.p99 as f64 / 1000.0
+    }),
+    ("generator_read_lag_p99_ms", 2, |r| {
+        r.generator_read_lag_us.p99 as f64 / 1000.0
     }),
     ("enter_p99_ms", 2, |r| {
         r.enter_latency_us.p99 as f64 / 1000.0

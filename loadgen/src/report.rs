@@ -174,6 +174,17 @@ pub struct Report {
     pub fanout_spread_us: Percentiles,
     /// Utterances those two cover.
     pub fanouts_complete: u64,
+    /// Every delivery, from the intended send time to when its bytes reached
+    /// the client's socket (the kernel's receive stamp): what a client on
+    /// its own machine would see, without the generator's wake-up and the
+    /// reads of the other clients it serves before this one.
+    pub latency_at_socket_us: Percentiles,
+    /// The same deliveries, from that stamp to the generator's read: the
+    /// generator's own share of `latency_us` (when it grows, the generator
+    /// is the bottleneck).
+    pub generator_read_lag_us: Percentiles,
+    /// Deliveries those two cover (every one whose read carried a stamp).
+    pub deliveries_stamped: u64,
     /// Per entry into a room (the ramp and any re-entry, not only the
     /// steady state): from the first connect of the attempt to being in the
     /// room. Elko: director, redirect, context server handshake, Enter,
@@ -228,6 +239,8 @@ pub struct Report {
     pub first_copy_distribution: Vec<(f64, u64)>,
     #[serde(skip)]
     pub fanout_spread_distribution: Vec<(f64, u64)>,
+    #[serde(skip)]
+    pub at_socket_distribution: Vec<(f64, u64)>,
     /// The per-second histograms for `--hlog`.
     #[serde(skip)]
     pub interval_log: crate::hlog::IntervalLog,
@@ -369,6 +382,27 @@ impl Report {
             ms(sp.max),
             self.fanouts_complete,
             self.utterances_sent
+        );
+        let (a, g) = (&self.latency_at_socket_us, &self.generator_read_lag_us);
+        let _ = writeln!(
+            o,
+            "at the client's socket (kernel stamp):  p50 {} p90 {} p99 {} p99.9 {} max {}   ({} of {} deliveries stamped)",
+            ms(a.p50),
+            ms(a.p90),
+            ms(a.p99),
+            ms(a.p999),
+            ms(a.max),
+            self.deliveries_stamped,
+            self.deliveries_received
+        );
+        let _ = writeln!(
+            o,
+            "generator's read lag (stamp to read):   p50 {} p90 {} p99 {} p99.9 {} max {}",
+            ms(g.p50),
+            ms(g.p90),
+            ms(g.p99),
+            ms(g.p999),
+            ms(g.max)
         );
         let e = &self.enter_latency_us;
         let label = if self.target == "elko" {
@@ -861,6 +895,12 @@ pub fn svg(reports: &[&Report]) -> String {
                 &r.fanout_spread_distribution,
                 &r.fanout_spread_us,
             ),
+            (
+                "at the client's socket",
+                "#8c564b",
+                &r.at_socket_distribution,
+                &r.latency_at_socket_us,
+            ),
         ] {
             let pts: Vec<String> = dist
                 .iter()
@@ -1034,6 +1074,20 @@ pub fn comparison(reports: &[Report]) -> String {
             ms_short(r.fanout_spread_us.p99)
         )
     });
+    line(&mut o, "at the socket p50 / p99", &|r| {
+        format!(
+            "{} / {}",
+            ms_short(r.latency_at_socket_us.p50),
+            ms_short(r.latency_at_socket_us.p99)
+        )
+    });
+    line(&mut o, "generator read lag p50 / p99", &|r| {
+        format!(
+            "{} / {}",
+            ms_short(r.generator_read_lag_us.p50),
+            ms_short(r.generator_read_lag_us.p99)
+        )
+    });
     line(&mut o, "entering p50 / p99", &|r| {
         format!(
             "{} / {}",
@@ -1109,6 +1163,9 @@ pub(crate) mod tests {
             first_copy_latency_us: Percentiles::of(&h),
             fanout_spread_us: Percentiles::of(&h),
             fanouts_complete: 16_000,
+            latency_at_socket_us: Percentiles::of(&h),
+            generator_read_lag_us: Percentiles::of(&h),
+            deliveries_stamped: 640_000,
             enter_latency_us: Percentiles::of(&h),
             entries: 8000,
             server: ServerReport {
@@ -1159,6 +1216,7 @@ pub(crate) mod tests {
             distribution: distribution(&h),
             first_copy_distribution: distribution(&h),
             fanout_spread_distribution: distribution(&h),
+            at_socket_distribution: distribution(&h),
             steady_from_s: 11.0,
             interval_log: Default::default(),
             machine: crate::procs::Machine {
@@ -1231,6 +1289,8 @@ pub(crate) mod tests {
                 "latency_uncorrected_us",
                 "first_copy_latency_us",
                 "fanout_spread_us",
+                "latency_at_socket_us",
+                "generator_read_lag_us",
             ] {
                 assert!(v[k][p].is_u64(), "no {k}.{p}");
             }
@@ -1292,11 +1352,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn one_run_plots_its_first_copy_and_spread() {
+    fn one_run_plots_its_first_copy_spread_and_socket_latency() {
         let plot = sample_report("elko", 300, 3.0).svg();
         assert!(plot.contains("first copy: p50") && plot.contains("fanout spread: p50"));
-        // p50, p99, max over time; the distribution, its first copy and spread.
-        assert_eq!(plot.matches("<path").count(), 6, "{plot}");
+        assert!(plot.contains("at the client's socket: p50"), "{plot}");
+        // p50, p99, max over time; the distribution, its first copy, spread
+        // and latency to the socket.
+        assert_eq!(plot.matches("<path").count(), 7, "{plot}");
         assert!(!plot.contains("a context server stopped"));
     }
 

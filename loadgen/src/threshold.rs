@@ -5,6 +5,7 @@
 //! | metric | what | limit units |
 //! |---|---|---|
 //! | `p50 p90 p99 p999 max` | corrected latency | `us`, `ms`, `s` |
+//! | `socket_p50` ... `socket_max` | corrected latency to the client's socket (kernel receive stamp) | `us`, `ms`, `s` |
 //! | `loss` | deliveries lost | a count, or `%` of those expected |
 //! | `dup`, `ooo` | duplicated, out-of-order deliveries | a count |
 //! | `cpu`, `gencpu` | server, generator CPU | % of one core (`%` optional) |
@@ -39,7 +40,11 @@ pub struct Threshold {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Metric {
-    Latency(&'static str),
+    /// A percentile (`p`) of the latency object `of` in the JSON.
+    Latency {
+        of: &'static str,
+        p: &'static str,
+    },
     LossCount,
     LossPercent,
     Duplicates,
@@ -141,11 +146,11 @@ impl std::str::FromStr for Threshold {
         let n: f64 = num.parse().map_err(|_| err("the limit is not a number"))?;
         let metric = metric_named(name, unit).map_err(err)?;
         let scale = match metric {
-            Metric::Latency(_) | Metric::CpuPerDelivery => match unit {
+            Metric::Latency { .. } | Metric::CpuPerDelivery => match unit {
                 "ns" => 1e-3,
                 "us" | "µs" => 1.0,
                 "ms" => 1e3,
-                "s" if matches!(metric, Metric::Latency(_)) => 1e6,
+                "s" if matches!(metric, Metric::Latency { .. }) => 1e6,
                 _ => return Err(err(
                     "a time needs a unit: us or ms (latency: also s; cpu_per_delivery: also ns)",
                 )),
@@ -174,12 +179,17 @@ impl std::str::FromStr for Threshold {
 
 /// The metric called `name` (`unit` tells loss's count from its percentage).
 fn metric_named(name: &str, unit: &str) -> Result<Metric, &'static str> {
+    let (of, percentile) = match name.strip_prefix("socket_") {
+        Some(p) => ("latency_at_socket_us", p),
+        None => ("latency_us", name),
+    };
+    if let Some(p) = ["p50", "p90", "p99", "p999", "max"]
+        .into_iter()
+        .find(|&p| p == percentile)
+    {
+        return Ok(Metric::Latency { of, p });
+    }
     Ok(match name {
-        "p50" => Metric::Latency("p50"),
-        "p90" => Metric::Latency("p90"),
-        "p99" => Metric::Latency("p99"),
-        "p999" => Metric::Latency("p999"),
-        "max" => Metric::Latency("max"),
         "loss" if unit == "%" => Metric::LossPercent,
         "loss" => Metric::LossCount,
         "dup" => Metric::Duplicates,
@@ -225,7 +235,7 @@ impl Threshold {
     pub fn measure(&self, report: &Value) -> Option<f64> {
         let r = report;
         match self.metric {
-            Metric::Latency(p) => number(r, &format!("/latency_us/{p}")),
+            Metric::Latency { of, p } => number(r, &format!("/{of}/{p}")),
             Metric::LossCount => number(r, "/lost"),
             Metric::LossPercent => {
                 Some(100.0 * number(r, "/lost")? / number(r, "/deliveries_expected")?.max(1.0))
@@ -255,7 +265,7 @@ impl Threshold {
     /// The base unit of [`Threshold::measure`] and [`Threshold::limit`], for display.
     pub fn unit(&self) -> &'static str {
         match self.metric {
-            Metric::Latency(_) | Metric::CpuPerDelivery => " µs",
+            Metric::Latency { .. } | Metric::CpuPerDelivery => " µs",
             Metric::LossPercent | Metric::Cpu | Metric::GenCpu => " %",
             Metric::Rate => " deliveries/s",
             Metric::MemPerClient => " B",
@@ -319,10 +329,24 @@ mod tests {
         let p99 = t("p99<5ms");
         assert_eq!(
             (p99.metric, p99.limit, p99.op),
-            (Metric::Latency("p99"), Limit::Absolute(5000.0), Op::Lt)
+            (
+                Metric::Latency {
+                    of: "latency_us",
+                    p: "p99"
+                },
+                Limit::Absolute(5000.0),
+                Op::Lt
+            )
         );
         let p = t("p999 <= 1.5 ms");
         assert_eq!((p.limit, p.op), (Limit::Absolute(1500.0), Op::Le));
+        assert_eq!(
+            t("socket_p99<500us").metric,
+            Metric::Latency {
+                of: "latency_at_socket_us",
+                p: "p99"
+            }
+        );
         assert_eq!(t("loss<=0").metric, Metric::LossCount);
         assert_eq!(t("loss<0.1%").metric, Metric::LossPercent);
         assert_eq!(t("cpu<5").metric, Metric::Cpu);
@@ -363,6 +387,8 @@ mod tests {
             "dup<1%",
             "p99<+x%",
             "p99<",
+            "socket_p98<1ms",
+            "socket_loss<1",
         ] {
             assert!(bad.parse::<Threshold>().is_err(), "{bad} parsed");
         }
@@ -388,6 +414,7 @@ mod tests {
     fn figures_come_from_any_shape_of_report_json() {
         let elko = |p99: u64| {
             json!({"target": "elko", "latency_us": {"p99": p99}, "lost": 2,
+                   "latency_at_socket_us": {"p99": p99 / 2},
                    "deliveries_expected": 400, "achieved_deliveries_per_s": 10.0,
                    "max_sustained_deliveries_per_s": null,
                    "server": {"cpu_percent_of_core": 9.5, "rss_per_client_bytes": 1100.0}})
@@ -395,6 +422,7 @@ mod tests {
         let redis = json!({"target": "redis", "latency_us": {"p99": 9}});
         let one = elko(700);
         assert_eq!(t("p99<1ms").measure(&one), Some(700.0));
+        assert_eq!(t("socket_p99<1ms").measure(&one), Some(350.0));
         assert_eq!(t("loss<1%").measure(&one), Some(0.5));
         assert_eq!(
             t("rate>1").measure(&one),

@@ -579,6 +579,26 @@ fn assert_all_delivered(v: &serde_json::Value, clients: u64) {
     assert!(first["p50"].as_u64() > Some(0));
     assert!(first["p50"].as_u64() <= v["latency_us"]["p50"].as_u64());
     assert!(spread["max"].as_u64() <= v["latency_us"]["max"].as_u64());
+    // Each copy's kernel receive stamp is taken before the generator reads
+    // it, so the latency to the socket is never above the latency to the
+    // read, nor the generator's share above the whole.
+    let (stamped, received) = (
+        v["deliveries_stamped"].as_u64().expect("a count"),
+        v["deliveries_received"].as_u64().expect("a count"),
+    );
+    assert!(
+        stamped * 100 >= received * 99,
+        "{stamped} of {received} deliveries stamped"
+    );
+    let (socket, lag) = (&v["latency_at_socket_us"], &v["generator_read_lag_us"]);
+    for p in ["p50", "p99", "max"] {
+        assert!(socket[p].as_u64() > Some(0), "{socket}");
+        assert!(
+            socket[p].as_u64() <= v["latency_us"][p].as_u64(),
+            "{p}: {v}"
+        );
+        assert!(lag[p].as_u64() <= v["latency_us"][p].as_u64(), "{p}: {v}");
+    }
     // Every client entered once, and each entry was timed (across generator
     // processes too).
     assert_eq!(v["entries"], clients, "{v}");

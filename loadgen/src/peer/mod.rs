@@ -21,9 +21,10 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -165,6 +166,8 @@ struct PeerLoop<W: Wire> {
     chunk: Vec<u8>,
     /// The rate generation this loop's schedules follow ([`Shared::rate`]).
     rate_gen: u64,
+    /// The receive stamp of the read being dispatched.
+    rx_stamp: Option<Instant>,
     _wire: PhantomData<W>,
 }
 
@@ -209,6 +212,7 @@ impl<W: Wire> PeerLoop<W> {
             shared,
             exit,
             rate_gen: 0,
+            rx_stamp: None,
             _wire: PhantomData,
         })
     }
@@ -417,9 +421,12 @@ impl<W: Wire> PeerLoop<W> {
             let Some(conn) = self.clients[local].conn.as_mut() else {
                 return;
             };
-            let n = match conn.stream.read(&mut self.chunk) {
-                Ok(0) => return self.drop_conn(local, "closed"),
-                Ok(n) => n,
+            let n = match elko_engine::rx_stamp::recv(conn.stream.as_fd(), &mut self.chunk) {
+                Ok((0, _)) => return self.drop_conn(local, "closed"),
+                Ok((n, stamp)) => {
+                    self.rx_stamp = stamp;
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.drop_conn(local, &format!("read: {:?}", e.kind())),
@@ -500,6 +507,7 @@ impl<W: Wire> PeerLoop<W> {
             intended_us: p.intended_us,
             late_us: p.late_us,
             now_us: now,
+            arrived_us: self.rx_stamp.map(|t| self.shared.us_at(t)),
             member_since_us: c.entered_us,
         };
         self.shared.delivered(self.idx, order, d);
@@ -559,5 +567,6 @@ impl<W: Wire> PeerLoop<W> {
 fn open_stream(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
     let stream = elko_engine::connect_stream(addr, source)?;
     stream.set_nodelay(true)?;
+    elko_engine::rx_stamp::enable(stream.as_fd())?;
     Ok(stream)
 }
