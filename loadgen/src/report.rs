@@ -19,6 +19,23 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
+    /// "p50 … p90 … p99 … p99.9 … max …", for the summary.
+    fn five(&self) -> String {
+        format!(
+            "p50 {} p90 {} p99 {} p99.9 {} max {}",
+            ms(self.p50),
+            ms(self.p90),
+            ms(self.p99),
+            ms(self.p999),
+            ms(self.max)
+        )
+    }
+
+    /// "p50 / p99", compact, for the side-by-side table.
+    fn p50_p99(&self) -> String {
+        format!("{} / {}", ms_short(self.p50), ms_short(self.p99))
+    }
+
     pub fn of(h: &Histogram<u64>) -> Percentiles {
         if h.is_empty() {
             return Percentiles::default();
@@ -342,69 +359,40 @@ impl Report {
             "steady state {:.0} s: {} utterances, {} deliveries expected, {} received, {} lost, {} duplicated, {} out of order",
             self.duration_s, self.utterances_sent, self.deliveries_expected, self.deliveries_received, self.lost, self.duplicates, self.out_of_order
         );
-        let l = &self.latency_us;
-        let u = &self.latency_uncorrected_us;
         let _ = writeln!(
             o,
-            "latency from intended send (corrected): p50 {} p90 {} p99 {} p99.9 {} max {}",
-            ms(l.p50),
-            ms(l.p90),
-            ms(l.p99),
-            ms(l.p999),
-            ms(l.max)
+            "latency from intended send (corrected): {}",
+            self.latency_us.five()
         );
         let _ = writeln!(
             o,
-            "latency from actual send:               p50 {} p90 {} p99 {} p99.9 {} max {}",
-            ms(u.p50),
-            ms(u.p90),
-            ms(u.p99),
-            ms(u.p999),
-            ms(u.max)
-        );
-        let (f, sp) = (&self.first_copy_latency_us, &self.fanout_spread_us);
-        let _ = writeln!(
-            o,
-            "first copy of each utterance:           p50 {} p90 {} p99 {} p99.9 {} max {}",
-            ms(f.p50),
-            ms(f.p90),
-            ms(f.p99),
-            ms(f.p999),
-            ms(f.max)
+            "latency from actual send:               {}",
+            self.latency_uncorrected_us.five()
         );
         let _ = writeln!(
             o,
-            "fanout spread (first copy to last):     p50 {} p90 {} p99 {} p99.9 {} max {}   ({} of {} utterances)",
-            ms(sp.p50),
-            ms(sp.p90),
-            ms(sp.p99),
-            ms(sp.p999),
-            ms(sp.max),
+            "first copy of each utterance:           {}",
+            self.first_copy_latency_us.five()
+        );
+        let _ = writeln!(
+            o,
+            "fanout spread (first copy to last):     {}   ({} of {} utterances)",
+            self.fanout_spread_us.five(),
             self.fanouts_complete,
             self.utterances_sent
         );
-        let (a, g) = (&self.latency_at_socket_us, &self.generator_read_lag_us);
         let _ = writeln!(
             o,
-            "at the client's socket (kernel stamp):  p50 {} p90 {} p99 {} p99.9 {} max {}   ({} of {} deliveries stamped)",
-            ms(a.p50),
-            ms(a.p90),
-            ms(a.p99),
-            ms(a.p999),
-            ms(a.max),
+            "at the client's socket (kernel stamp):  {}   ({} of {} deliveries stamped)",
+            self.latency_at_socket_us.five(),
             self.deliveries_stamped,
             self.deliveries_received
         );
         let _ = writeln!(
             o,
-            "generator's read lag (stamp to read):   p50 {} p90 {} p99 {} p99.9 {} max {}",
-            ms(g.p50),
-            ms(g.p90),
-            ms(g.p99),
-            ms(g.p999),
-            ms(g.max)
+            "generator's read lag (stamp to read):   {}",
+            self.generator_read_lag_us.five()
         );
-        let e = &self.enter_latency_us;
         let label = if self.target == "elko" {
             "entering (director to Snapshot):"
         } else {
@@ -412,12 +400,8 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "{label:<40}p50 {} p90 {} p99 {} p99.9 {} max {}   ({} entries, ramp included)",
-            ms(e.p50),
-            ms(e.p90),
-            ms(e.p99),
-            ms(e.p999),
-            ms(e.max),
+            "{label:<40}{}   ({} entries, ramp included)",
+            self.enter_latency_us.five(),
             self.entries
         );
         match self.server_cpu_us_per_delivery {
@@ -1061,39 +1045,19 @@ pub fn comparison(reports: &[Report]) -> String {
     line(&mut o, "latency p99.9", &|r| ms(r.latency_us.p999));
     line(&mut o, "latency max", &|r| ms(r.latency_us.max));
     line(&mut o, "first copy p50 / p99", &|r| {
-        format!(
-            "{} / {}",
-            ms_short(r.first_copy_latency_us.p50),
-            ms_short(r.first_copy_latency_us.p99)
-        )
+        r.first_copy_latency_us.p50_p99()
     });
     line(&mut o, "fanout spread p50 / p99", &|r| {
-        format!(
-            "{} / {}",
-            ms_short(r.fanout_spread_us.p50),
-            ms_short(r.fanout_spread_us.p99)
-        )
+        r.fanout_spread_us.p50_p99()
     });
     line(&mut o, "at the socket p50 / p99", &|r| {
-        format!(
-            "{} / {}",
-            ms_short(r.latency_at_socket_us.p50),
-            ms_short(r.latency_at_socket_us.p99)
-        )
+        r.latency_at_socket_us.p50_p99()
     });
     line(&mut o, "generator read lag p50 / p99", &|r| {
-        format!(
-            "{} / {}",
-            ms_short(r.generator_read_lag_us.p50),
-            ms_short(r.generator_read_lag_us.p99)
-        )
+        r.generator_read_lag_us.p50_p99()
     });
     line(&mut o, "entering p50 / p99", &|r| {
-        format!(
-            "{} / {}",
-            ms_short(r.enter_latency_us.p50),
-            ms_short(r.enter_latency_us.p99)
-        )
+        r.enter_latency_us.p50_p99()
     });
     let measured = |x: Option<f64>, scale: f64, decimals: usize| {
         x.map_or("-".to_string(), |x| format!("{:.*}", decimals, x / scale))
