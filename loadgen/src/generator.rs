@@ -182,7 +182,7 @@ impl LocalGen {
                         max_connections_per_loop: usize::MAX,
                         ..Limits::default()
                     },
-                    rx_timestamps: true,
+                    rx_timestamps: s.socket_stamps,
                     ..EngineConfig::default()
                 };
                 let sh = shared.clone();
@@ -202,6 +202,7 @@ impl LocalGen {
                     message_size: s.message_size,
                     seed: s.seed,
                     source_ip: spec.source_ip,
+                    socket_stamps: s.socket_stamps,
                 });
                 let loops = if spec.kind == TargetKind::Nats {
                     PeerLoops::start::<Nats>(pcfg, shared.clone(), deal)

@@ -99,10 +99,10 @@ const METRICS: [Metric; 12] = [
         r.fanout_spread_us.p99 as f64 / 1000.0
     }),
     ("at_socket_p99_ms", 2, |r| {
-        r.latency_at_socket_us.p99 as f64 / 1000.0
+        r.stamped(r.latency_at_socket_us.p99 as f64 / 1000.0, f64::NAN)
     }),
     ("generator_read_lag_p99_ms", 2, |r| {
-        r.generator_read_lag_us.p99 as f64 / 1000.0
+        r.stamped(r.generator_read_lag_us.p99 as f64 / 1000.0, f64::NAN)
     }),
     ("enter_p99_ms", 2, |r| {
         r.enter_latency_us.p99 as f64 / 1000.0

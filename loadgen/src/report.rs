@@ -278,6 +278,16 @@ fn ms_short(us: u64) -> String {
 }
 
 impl Report {
+    /// `figure` if the run's reads carried receive stamps, else `none`
+    /// (`--no-socket-stamps`: the latency to the socket is not measured).
+    pub fn stamped<T>(&self, figure: T, none: T) -> T {
+        if self.deliveries_stamped > 0 {
+            figure
+        } else {
+            none
+        }
+    }
+
     /// The human summary, set beside the 2002 run.
     pub fn summary(&self) -> String {
         let s = &self.scenario;
@@ -381,18 +391,25 @@ impl Report {
             self.fanouts_complete,
             self.utterances_sent
         );
-        let _ = writeln!(
-            o,
-            "at the client's socket (kernel stamp):  {}   ({} of {} deliveries stamped)",
-            self.latency_at_socket_us.five(),
-            self.deliveries_stamped,
-            self.deliveries_received
-        );
-        let _ = writeln!(
-            o,
-            "generator's read lag (stamp to read):   {}",
-            self.generator_read_lag_us.five()
-        );
+        if self.deliveries_stamped == 0 {
+            let _ = writeln!(
+                o,
+                "at the client's socket:                 not measured (no receive stamps)"
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "at the client's socket (kernel stamp):  {}   ({} of {} deliveries stamped)",
+                self.latency_at_socket_us.five(),
+                self.deliveries_stamped,
+                self.deliveries_received
+            );
+            let _ = writeln!(
+                o,
+                "generator's read lag (stamp to read):   {}",
+                self.generator_read_lag_us.five()
+            );
+        }
         let label = if self.target == "elko" {
             "entering (director to Snapshot):"
         } else {
@@ -886,6 +903,9 @@ pub fn svg(reports: &[&Report]) -> String {
                 &r.latency_at_socket_us,
             ),
         ] {
+            if dist.is_empty() {
+                continue;
+            }
             let pts: Vec<String> = dist
                 .iter()
                 .map(|&(q, v)| format!("{:.1},{:.1}", xof(q), yof(v, y0, ph)))
@@ -1051,10 +1071,10 @@ pub fn comparison(reports: &[Report]) -> String {
         r.fanout_spread_us.p50_p99()
     });
     line(&mut o, "at the socket p50 / p99", &|r| {
-        r.latency_at_socket_us.p50_p99()
+        r.stamped(r.latency_at_socket_us.p50_p99(), "-".into())
     });
     line(&mut o, "generator read lag p50 / p99", &|r| {
-        r.generator_read_lag_us.p50_p99()
+        r.stamped(r.generator_read_lag_us.p50_p99(), "-".into())
     });
     line(&mut o, "entering p50 / p99", &|r| {
         r.enter_latency_us.p50_p99()

@@ -67,6 +67,16 @@ pub struct Scenario {
         deserialize_with = "from_opt_secs"
     )]
     pub stop_contextd_at: Option<Duration>,
+    /// Have the kernel stamp what arrives at each client socket, to time
+    /// every delivery to the socket as well as to the generator's read
+    /// (`latency_at_socket_us`). Off (`--no-socket-stamps`) saves the
+    /// generator a few percent of a core when it is the bottleneck.
+    #[serde(default = "yes")]
+    pub socket_stamps: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -141,6 +151,7 @@ impl Scenario {
             contextds: 1,
             step: Duration::from_secs(10),
             stop_contextd_at: None,
+            socket_stamps: true,
         };
         match p {
             Preset::Sun2002 => base,

@@ -21,7 +21,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
@@ -42,6 +42,10 @@ pub struct PeerConfig {
     pub message_size: usize,
     pub seed: u64,
     pub source_ip: Option<IpAddr>,
+    /// Read with the kernel's receive stamps ([`Scenario::socket_stamps`]).
+    ///
+    /// [`Scenario::socket_stamps`]: crate::scenario::Scenario::socket_stamps
+    pub socket_stamps: bool,
 }
 
 const WAKER: Token = Token(0);
@@ -303,7 +307,7 @@ impl<W: Wire> PeerLoop<W> {
     fn connect(&mut self, local: usize) {
         self.shared
             .entry_attempt(&mut self.clients[local].enter_began_us);
-        let stream = match open_stream(self.cfg.addr, self.cfg.source_ip) {
+        let stream = match open_stream(self.cfg.addr, self.cfg.source_ip, self.cfg.socket_stamps) {
             Ok(s) => s,
             Err(e) => {
                 self.shared
@@ -421,7 +425,12 @@ impl<W: Wire> PeerLoop<W> {
             let Some(conn) = self.clients[local].conn.as_mut() else {
                 return;
             };
-            let n = match elko_engine::rx_stamp::recv(conn.stream.as_fd(), &mut self.chunk) {
+            let read = if self.cfg.socket_stamps {
+                elko_engine::rx_stamp::recv(conn.stream.as_fd(), &mut self.chunk)
+            } else {
+                conn.stream.read(&mut self.chunk).map(|n| (n, None))
+            };
+            let n = match read {
                 Ok((0, _)) => return self.drop_conn(local, "closed"),
                 Ok((n, stamp)) => {
                     self.rx_stamp = stamp;
@@ -564,9 +573,11 @@ impl<W: Wire> PeerLoop<W> {
     }
 }
 
-fn open_stream(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+fn open_stream(addr: SocketAddr, source: Option<IpAddr>, stamps: bool) -> io::Result<TcpStream> {
     let stream = elko_engine::connect_stream(addr, source)?;
     stream.set_nodelay(true)?;
-    elko_engine::rx_stamp::enable(stream.as_fd())?;
+    if stamps {
+        elko_engine::rx_stamp::enable(stream.as_fd())?;
+    }
     Ok(stream)
 }
