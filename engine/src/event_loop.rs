@@ -34,7 +34,6 @@ use mio::{Events, Interest, Poll, Token};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 pub(crate) const WAKER_TOKEN: Token = Token(0);
@@ -283,19 +282,11 @@ impl<H: Handler> EventLoop<H> {
                 return;
             }
             let want = bytes_left.min(self.scratch.len());
-            let read = if self.cx.cfg.rx_timestamps {
-                crate::rx_stamp::recv(conn.stream.as_fd(), &mut self.scratch[..want]).map(
-                    |(n, stamp)| {
-                        self.cx.rx_stamp = stamp;
-                        n
-                    },
-                )
-            } else {
-                conn.stream.read(&mut self.scratch[..want])
-            };
-            match read {
-                Ok(0) => conn.eof = true,
-                Ok(n) => {
+            let stamped = self.cx.cfg.rx_timestamps;
+            match crate::rx_stamp::read(&mut conn.stream, &mut self.scratch[..want], stamped) {
+                Ok((0, _)) => conn.eof = true,
+                Ok((n, stamp)) => {
+                    self.cx.rx_stamp = stamp;
                     drained = short_read_drains && n < want;
                     bytes_left -= n;
                     conn.last_rx = self.cx.now;

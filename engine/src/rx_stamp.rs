@@ -18,7 +18,7 @@
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Ask the kernel to stamp every segment queued on `fd` (`SO_TIMESTAMPNS`).
@@ -39,6 +39,20 @@ pub fn enable(fd: BorrowedFd<'_>) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Read from `stream`, with its receive stamp if `stamped` ([`recv`]), else
+/// with a plain `read` and no stamp.
+pub fn read<S: io::Read + AsFd>(
+    stream: &mut S,
+    buf: &mut [u8],
+    stamped: bool,
+) -> io::Result<(usize, Option<Instant>)> {
+    if stamped {
+        recv(stream.as_fd(), buf)
+    } else {
+        stream.read(buf).map(|n| (n, None))
     }
 }
 
@@ -147,11 +161,13 @@ mod tests {
     fn without_stamping_a_read_has_no_stamp_and_eof_is_zero() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let mut tx = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
-        let (rx, _) = l.accept().expect("accept");
-        tx.write_all(b"x").expect("write");
+        let (mut rx, _) = l.accept().expect("accept");
+        tx.write_all(b"xy").expect("write");
         drop(tx);
         std::thread::sleep(Duration::from_millis(20));
         let mut buf = [0u8; 16];
+        let plain = read(&mut rx, &mut buf[..1], false).expect("read");
+        assert_eq!((plain, buf[0]), ((1, None), b'x'));
         assert_eq!(recv(rx.as_fd(), &mut buf).expect("recv"), (1, None));
         assert_eq!(recv(rx.as_fd(), &mut buf).expect("eof").0, 0);
         let e = recv(rx.as_fd(), &mut buf);

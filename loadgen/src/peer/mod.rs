@@ -21,7 +21,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
@@ -425,12 +425,8 @@ impl<W: Wire> PeerLoop<W> {
             let Some(conn) = self.clients[local].conn.as_mut() else {
                 return;
             };
-            let read = if self.cfg.socket_stamps {
-                elko_engine::rx_stamp::recv(conn.stream.as_fd(), &mut self.chunk)
-            } else {
-                conn.stream.read(&mut self.chunk).map(|n| (n, None))
-            };
-            let n = match read {
+            let stamped = self.cfg.socket_stamps;
+            let n = match elko_engine::rx_stamp::read(&mut conn.stream, &mut self.chunk, stamped) {
                 Ok((0, _)) => return self.drop_conn(local, "closed"),
                 Ok((n, stamp)) => {
                     self.rx_stamp = stamp;
