@@ -99,10 +99,12 @@ const METRICS: [Metric; 12] = [
         r.fanout_spread_us.p99 as f64 / 1000.0
     }),
     ("at_socket_p99_ms", 2, |r| {
-        r.stamped(r.latency_at_socket_us.p99 as f64 / 1000.0, f64::NAN)
+        r.latency_at_socket_us
+            .map_or(f64::NAN, |p| p.p99 as f64 / 1000.0)
     }),
     ("generator_read_lag_p99_ms", 2, |r| {
-        r.stamped(r.generator_read_lag_us.p99 as f64 / 1000.0, f64::NAN)
+        r.generator_read_lag_us
+            .map_or(f64::NAN, |p| p.p99 as f64 / 1000.0)
     }),
     ("enter_p99_ms", 2, |r| {
         r.enter_latency_us.p99 as f64 / 1000.0

@@ -194,12 +194,13 @@ pub struct Report {
     /// Every delivery, from the intended send time to when its bytes reached
     /// the client's socket (the kernel's receive stamp): what a client on
     /// its own machine would see, without the generator's wake-up and the
-    /// reads of the other clients it serves before this one.
-    pub latency_at_socket_us: Percentiles,
+    /// reads of the other clients it serves before this one. `None` (null)
+    /// when no read carried a stamp (`--no-socket-stamps`).
+    pub latency_at_socket_us: Option<Percentiles>,
     /// The same deliveries, from that stamp to the generator's read: the
     /// generator's own share of `latency_us` (when it grows, the generator
     /// is the bottleneck).
-    pub generator_read_lag_us: Percentiles,
+    pub generator_read_lag_us: Option<Percentiles>,
     /// Deliveries those two cover (every one whose read carried a stamp).
     pub deliveries_stamped: u64,
     /// Per entry into a room (the ramp and any re-entry, not only the
@@ -278,16 +279,6 @@ fn ms_short(us: u64) -> String {
 }
 
 impl Report {
-    /// `figure` if the run's reads carried receive stamps, else `none`
-    /// (`--no-socket-stamps`: the latency to the socket is not measured).
-    pub fn stamped<T>(&self, figure: T, none: T) -> T {
-        if self.deliveries_stamped > 0 {
-            figure
-        } else {
-            none
-        }
-    }
-
     /// The human summary, set beside the 2002 run.
     pub fn summary(&self) -> String {
         let s = &self.scenario;
@@ -391,24 +382,23 @@ impl Report {
             self.fanouts_complete,
             self.utterances_sent
         );
-        if self.deliveries_stamped == 0 {
-            let _ = writeln!(
-                o,
-                "at the client's socket:                 not measured (no receive stamps)"
-            );
-        } else {
-            let _ = writeln!(
-                o,
-                "at the client's socket (kernel stamp):  {}   ({} of {} deliveries stamped)",
-                self.latency_at_socket_us.five(),
-                self.deliveries_stamped,
-                self.deliveries_received
-            );
-            let _ = writeln!(
-                o,
-                "generator's read lag (stamp to read):   {}",
-                self.generator_read_lag_us.five()
-            );
+        match (&self.latency_at_socket_us, &self.generator_read_lag_us) {
+            (Some(socket), Some(lag)) => {
+                let _ = writeln!(
+                    o,
+                    "at the client's socket (kernel stamp):  {}   ({} of {} deliveries stamped)",
+                    socket.five(),
+                    self.deliveries_stamped,
+                    self.deliveries_received
+                );
+                let _ = writeln!(o, "generator's read lag (stamp to read):   {}", lag.five());
+            }
+            _ => {
+                let _ = writeln!(
+                    o,
+                    "at the client's socket:                 not measured (no receive stamps)"
+                );
+            }
         }
         let label = if self.target == "elko" {
             "entering (director to Snapshot):"
@@ -888,24 +878,24 @@ pub fn svg(reports: &[&Report]) -> String {
                 "first copy",
                 "#1f77b4",
                 &r.first_copy_distribution,
-                &r.first_copy_latency_us,
+                Some(&r.first_copy_latency_us),
             ),
             (
                 "fanout spread",
                 "#9467bd",
                 &r.fanout_spread_distribution,
-                &r.fanout_spread_us,
+                Some(&r.fanout_spread_us),
             ),
             (
                 "at the client's socket",
                 "#8c564b",
                 &r.at_socket_distribution,
-                &r.latency_at_socket_us,
+                r.latency_at_socket_us.as_ref(),
             ),
         ] {
-            if dist.is_empty() {
+            let Some(p) = p.filter(|_| !dist.is_empty()) else {
                 continue;
-            }
+            };
             let pts: Vec<String> = dist
                 .iter()
                 .map(|&(q, v)| format!("{:.1},{:.1}", xof(q), yof(v, y0, ph)))
@@ -1071,10 +1061,14 @@ pub fn comparison(reports: &[Report]) -> String {
         r.fanout_spread_us.p50_p99()
     });
     line(&mut o, "at the socket p50 / p99", &|r| {
-        r.stamped(r.latency_at_socket_us.p50_p99(), "-".into())
+        r.latency_at_socket_us
+            .as_ref()
+            .map_or("-".into(), Percentiles::p50_p99)
     });
     line(&mut o, "generator read lag p50 / p99", &|r| {
-        r.stamped(r.generator_read_lag_us.p50_p99(), "-".into())
+        r.generator_read_lag_us
+            .as_ref()
+            .map_or("-".into(), Percentiles::p50_p99)
     });
     line(&mut o, "entering p50 / p99", &|r| {
         r.enter_latency_us.p50_p99()
@@ -1147,8 +1141,8 @@ pub(crate) mod tests {
             first_copy_latency_us: Percentiles::of(&h),
             fanout_spread_us: Percentiles::of(&h),
             fanouts_complete: 16_000,
-            latency_at_socket_us: Percentiles::of(&h),
-            generator_read_lag_us: Percentiles::of(&h),
+            latency_at_socket_us: Some(Percentiles::of(&h)),
+            generator_read_lag_us: Some(Percentiles::of(&h)),
             deliveries_stamped: 640_000,
             enter_latency_us: Percentiles::of(&h),
             entries: 8000,

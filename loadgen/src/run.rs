@@ -606,8 +606,11 @@ fn drive(
         first_copy_latency_us: Percentiles::of(&hists.first_copy),
         fanout_spread_us: Percentiles::of(&hists.fanout_spread),
         fanouts_complete: hists.fanout_spread.len(),
-        latency_at_socket_us: Percentiles::of(&hists.at_socket),
-        generator_read_lag_us: Percentiles::of(&hists.read_lag),
+        // Not measured, rather than zero, when no read was stamped.
+        latency_at_socket_us: (!hists.at_socket.is_empty())
+            .then(|| Percentiles::of(&hists.at_socket)),
+        generator_read_lag_us: (!hists.read_lag.is_empty())
+            .then(|| Percentiles::of(&hists.read_lag)),
         deliveries_stamped: hists.at_socket.len(),
         enter_latency_us: Percentiles::of(&hists.enter),
         entries: hists.enter.len(),

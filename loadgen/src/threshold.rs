@@ -235,12 +235,6 @@ impl Threshold {
     pub fn measure(&self, report: &Value) -> Option<f64> {
         let r = report;
         match self.metric {
-            // Without receive stamps (--no-socket-stamps) there is no
-            // latency to the socket: not measured, rather than zero.
-            Metric::Latency {
-                of: "latency_at_socket_us",
-                ..
-            } if number(r, "/deliveries_stamped") == Some(0.0) => None,
             Metric::Latency { of, p } => number(r, &format!("/{of}/{p}")),
             Metric::LossCount => number(r, "/lost"),
             Metric::LossPercent => {
@@ -430,7 +424,7 @@ mod tests {
         assert_eq!(t("p99<1ms").measure(&one), Some(700.0));
         assert_eq!(t("socket_p99<1ms").measure(&one), Some(350.0));
         let mut unstamped = elko(700);
-        unstamped["deliveries_stamped"] = json!(0);
+        unstamped["latency_at_socket_us"] = json!(null);
         assert_eq!(t("socket_p99<1ms").measure(&unstamped), None);
         assert_eq!(t("loss<1%").measure(&one), Some(0.5));
         assert_eq!(
