@@ -133,6 +133,13 @@ pub struct EngineConfig {
     /// For measuring clients (the load generator), not servers: the stamp
     /// costs a little on every segment.
     pub rx_timestamps: bool,
+    /// Run the loops under `SCHED_BATCH` ([`batch_scheduling`]): their
+    /// wake-ups do not preempt whatever runs where they wake. For a load
+    /// generator sharing the machine with the server it measures, not for
+    /// servers, whose wake-ups are their latency.
+    ///
+    /// [`batch_scheduling`]: crate::batch_scheduling
+    pub batch_sched: bool,
 }
 
 impl Default for EngineConfig {
@@ -147,6 +154,7 @@ impl Default for EngineConfig {
             mailbox_capacity: 65_536,
             sweep_interval: Duration::from_millis(250),
             rx_timestamps: false,
+            batch_sched: false,
         }
     }
 }

@@ -182,10 +182,16 @@ impl<M: Send + 'static> Engine<M> {
             let factory = factory.clone();
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let name = format!("{}-loop{i}", cfg.server_id);
+            let batch = cfg.batch_sched;
             let t = std::thread::Builder::new().name(name).spawn(move || {
                 if let Some(core) = core {
                     if !core_affinity::set_for_current(core) {
                         tracing::warn!(loop_idx = i, "could not pin loop to core {core:?}");
+                    }
+                }
+                if batch {
+                    if let Err(e) = crate::batch_scheduling() {
+                        tracing::warn!(loop_idx = i, "could not run the loop as SCHED_BATCH: {e}");
                     }
                 }
                 let handler = factory(i);

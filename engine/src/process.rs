@@ -87,6 +87,26 @@ pub(crate) fn max_fds() -> Option<u64> {
     (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r.rlim_cur)
 }
 
+/// Put the calling thread under `SCHED_BATCH`: the same share of the CPU
+/// as an ordinary thread, but the scheduler takes it for CPU-bound, so its
+/// wake-ups never preempt the task running where it wakes; it runs when that
+/// task sleeps, on another idle CPU, or at the next tick.
+///
+/// For a load generator sharing the machine with the server it measures:
+/// otherwise every arriving delivery's wake-up may preempt the server in
+/// the middle of a fanout (a sync wake-up lands the reader on the writer's
+/// CPU), charging the server two context switches and lengthening the rest
+/// of the fanout. Fails only where the kernel has no `SCHED_BATCH`.
+pub fn batch_scheduling() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; the kernel reads `param`.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Append this process's `process_*` metrics (CPU seconds, resident and
 /// virtual memory, open and maximum descriptors, threads, start time).
 /// Whatever `/proc` cannot tell is left out rather than reported as 0.
@@ -191,6 +211,20 @@ mod tests {
         assert_eq!(s.rss_bytes, 2560 * 4096);
         assert_eq!(ProcStat::parse("4242 (torn", 100.0, 4096), None);
         assert_eq!(ProcStat::parse("4242 (x) S 1 2", 100.0, 4096), None);
+    }
+
+    #[test]
+    fn a_thread_can_put_itself_under_batch_scheduling_and_only_itself() {
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let before = policy();
+        let inside = std::thread::spawn(move || {
+            batch_scheduling().expect("SCHED_BATCH");
+            policy()
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(inside, libc::SCHED_BATCH);
+        assert_eq!(policy(), before, "the spawning thread is left as it was");
     }
 
     #[test]

@@ -370,3 +370,44 @@ fn both_accept_modes_serve_everyone_and_single_deals_evenly() {
         stop(engine);
     }
 }
+
+// ---- scheduling ------------------------------------------------------------------------------
+
+/// The scheduling policy of this process's threads whose name starts with `prefix`.
+fn policies_of_threads_named(prefix: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let t = t.expect("task entry");
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if let (true, Ok(tid)) = (
+            comm.starts_with(prefix),
+            t.file_name().to_string_lossy().parse::<libc::pid_t>(),
+        ) {
+            // SAFETY: sched_getscheduler only reads the thread's policy.
+            out.push(unsafe { libc::sched_getscheduler(tid) });
+        }
+    }
+    out
+}
+
+#[test]
+fn loops_run_as_sched_batch_only_when_asked() {
+    let cfg = |id: &str, batch_sched| EngineConfig {
+        server_id: id.into(),
+        batch_sched,
+        ..config(2, Limits::default())
+    };
+    let (batch, _) = start_dialer(cfg("batchsched", true), None, vec![]);
+    let (plain, _) = start_dialer(cfg("plainsched", false), None, vec![]);
+    wait_for(
+        Duration::from_secs(5),
+        "the loops to set their policy",
+        || policies_of_threads_named("batchsched-loop") == [libc::SCHED_BATCH; 2],
+    );
+    assert_eq!(
+        policies_of_threads_named("plainsched-loop"),
+        [libc::SCHED_OTHER; 2]
+    );
+    stop(batch);
+    stop(plain);
+}

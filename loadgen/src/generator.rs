@@ -183,6 +183,7 @@ impl LocalGen {
                         ..Limits::default()
                     },
                     rx_timestamps: s.socket_stamps,
+                    batch_sched: s.batch_sched,
                     ..EngineConfig::default()
                 };
                 let sh = shared.clone();
@@ -203,6 +204,7 @@ impl LocalGen {
                     seed: s.seed,
                     source_ip: spec.source_ip,
                     socket_stamps: s.socket_stamps,
+                    batch_sched: s.batch_sched,
                 });
                 let loops = if spec.kind == TargetKind::Nats {
                     PeerLoops::start::<Nats>(pcfg, shared.clone(), deal)

@@ -449,7 +449,7 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "  {:<20} {:<12} CPU {:>6.1}% of a core ({} process{})",
+            "  {:<20} {:<12} CPU {:>6.1}% of a core ({} process{}{})",
             "elko-loadgen",
             "(generator)",
             self.loadgen_cpu_percent_of_core,
@@ -458,6 +458,11 @@ impl Report {
                 ""
             } else {
                 "es"
+            },
+            if self.scenario.batch_sched {
+                ", SCHED_BATCH"
+            } else {
+                ""
             }
         );
         let _ = writeln!(

@@ -73,6 +73,13 @@ pub struct Scenario {
     /// generator a few percent of a core when it is the bottleneck.
     #[serde(default = "yes")]
     pub socket_stamps: bool,
+    /// Run the generator's loops under `SCHED_BATCH`, so that a delivery's
+    /// wake-up never preempts the server in the middle of its fanout (the
+    /// generator still gets its fair share of the CPU). Off
+    /// (`--no-batch-sched`): the generator's wake-ups preempt like any
+    /// client's on the same machine.
+    #[serde(default = "yes")]
+    pub batch_sched: bool,
 }
 
 fn yes() -> bool {
@@ -152,6 +159,7 @@ impl Scenario {
             step: Duration::from_secs(10),
             stop_contextd_at: None,
             socket_stamps: true,
+            batch_sched: true,
         };
         match p {
             Preset::Sun2002 => base,

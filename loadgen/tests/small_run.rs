@@ -133,6 +133,9 @@ fn two_hundred_clients_ten_rooms_lose_nothing() {
         "director"
     );
     assert!(stdout.contains(&format!("event loops {loops}")), "{stdout}");
+    // By default the generator's loops are SCHED_BATCH, and its line says so.
+    assert_eq!(v["scenario"]["batch_sched"], true, "{v}");
+    assert!(stdout.contains(", SCHED_BATCH)"), "{stdout}");
     assert_eq!(v["clients_connected"], 200);
     assert_eq!(v["lost"], 0);
     assert_eq!(v["duplicates"], 0);
@@ -613,12 +616,21 @@ fn assert_all_delivered(v: &serde_json::Value, clients: u64) {
 
 #[test]
 fn two_generator_processes_and_two_context_servers_lose_nothing() {
-    // Also the generator's plain reads, without receive stamps.
+    // Also the generator's plain reads, without receive stamps, on ordinarily
+    // scheduled loops.
     let v = small_run(
-        &["--gen-procs", "2", "--contextds", "2", "--no-socket-stamps"],
+        &[
+            "--gen-procs",
+            "2",
+            "--contextds",
+            "2",
+            "--no-socket-stamps",
+            "--no-batch-sched",
+        ],
         "split",
     );
     assert_eq!(v["scenario"]["socket_stamps"], false, "{v}");
+    assert_eq!(v["scenario"]["batch_sched"], false, "{v}");
     assert_all_delivered(&v, 120);
     assert_eq!(v["loadgen_processes"], 2);
     assert_eq!(

@@ -46,6 +46,10 @@ pub struct PeerConfig {
     ///
     /// [`Scenario::socket_stamps`]: crate::scenario::Scenario::socket_stamps
     pub socket_stamps: bool,
+    /// Run the loops under `SCHED_BATCH` ([`Scenario::batch_sched`]).
+    ///
+    /// [`Scenario::batch_sched`]: crate::scenario::Scenario::batch_sched
+    pub batch_sched: bool,
 }
 
 const WAKER: Token = Token(0);
@@ -123,6 +127,15 @@ impl PeerLoops {
                 std::thread::Builder::new()
                     .name(format!("{}-gen-{i}", W::NAME))
                     .spawn(move || {
+                        if lp.cfg.batch_sched {
+                            if let Err(e) = elko_engine::batch_scheduling() {
+                                lp.shared.error(&format!(
+                                    "{}_sched_batch: {:?}",
+                                    W::NAME,
+                                    e.kind()
+                                ));
+                            }
+                        }
                         if let Err(e) = lp.run() {
                             lp.shared
                                 .error(&format!("{}_loop: {:?}", W::NAME, e.kind()));
