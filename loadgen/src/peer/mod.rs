@@ -127,13 +127,13 @@ impl PeerLoops {
                 std::thread::Builder::new()
                     .name(format!("{}-gen-{i}", W::NAME))
                     .spawn(move || {
+                        // As the engine's loops do (`EngineConfig::batch_sched`).
                         if lp.cfg.batch_sched {
                             if let Err(e) = elko_engine::batch_scheduling() {
-                                lp.shared.error(&format!(
-                                    "{}_sched_batch: {:?}",
-                                    W::NAME,
-                                    e.kind()
-                                ));
+                                tracing::warn!(
+                                    loop_idx = i,
+                                    "could not run the loop as SCHED_BATCH: {e}"
+                                );
                             }
                         }
                         if let Err(e) = lp.run() {
