@@ -190,9 +190,7 @@ impl<M: Send + 'static> Engine<M> {
                     }
                 }
                 if batch {
-                    if let Err(e) = crate::batch_scheduling() {
-                        tracing::warn!(loop_idx = i, "could not run the loop as SCHED_BATCH: {e}");
-                    }
+                    crate::batch_scheduling_for_loop(i);
                 }
                 let handler = factory(i);
                 EventLoop::new(handler, cx, poll, rx, mio_listeners).run();

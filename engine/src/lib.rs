@@ -47,7 +47,10 @@ pub use fd_budget::{connection_budget, held_fds, HeldFd, FD_HEADROOM};
 pub use handler::Handler;
 pub use mailbox::PostError;
 pub use out_queue::{OutQueue, WriteOutcome};
-pub use process::{batch_scheduling, clock_ticks, open_fds, write_process_metrics, ProcStat};
+pub use process::{
+    batch_scheduling, batch_scheduling_for_loop, clock_ticks, open_fds, write_process_metrics,
+    ProcStat,
+};
 pub use stats::{write_metric_family, write_prometheus, LoopStats, LoopStatsSnapshot};
 pub use timer::TimerId;
 pub use timerfd::TimerFd;

@@ -107,6 +107,15 @@ pub fn batch_scheduling() -> std::io::Result<()> {
     }
 }
 
+/// [`batch_scheduling`] for the thread of event loop `loop_idx` (the
+/// engine's, or a tool's own loops), warning rather than failing if the
+/// kernel refuses: the loop runs either way.
+pub fn batch_scheduling_for_loop(loop_idx: usize) {
+    if let Err(e) = batch_scheduling() {
+        tracing::warn!(loop_idx, "could not run the loop as SCHED_BATCH: {e}");
+    }
+}
+
 /// Append this process's `process_*` metrics (CPU seconds, resident and
 /// virtual memory, open and maximum descriptors, threads, start time).
 /// Whatever `/proc` cannot tell is left out rather than reported as 0.

@@ -127,14 +127,8 @@ impl PeerLoops {
                 std::thread::Builder::new()
                     .name(format!("{}-gen-{i}", W::NAME))
                     .spawn(move || {
-                        // As the engine's loops do (`EngineConfig::batch_sched`).
                         if lp.cfg.batch_sched {
-                            if let Err(e) = elko_engine::batch_scheduling() {
-                                tracing::warn!(
-                                    loop_idx = i,
-                                    "could not run the loop as SCHED_BATCH: {e}"
-                                );
-                            }
+                            elko_engine::batch_scheduling_for_loop(i);
                         }
                         if let Err(e) = lp.run() {
                             lp.shared
