@@ -24,7 +24,7 @@ use std::time::Duration;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
-    init_tracing();
+    elko_engine::init_logging("info");
     let cli = Cli::parse();
     let settings = match Settings::load(cli) {
         Ok(s) => s,
@@ -183,14 +183,4 @@ fn main() -> ExitCode {
 fn fail(status: u8, e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("elko-director: {e}");
     ExitCode::from(status)
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }

@@ -48,8 +48,8 @@ pub use handler::Handler;
 pub use mailbox::PostError;
 pub use out_queue::{OutQueue, WriteOutcome};
 pub use process::{
-    batch_scheduling, batch_scheduling_for_loop, clock_ticks, open_fds, write_process_metrics,
-    ProcStat,
+    batch_scheduling, batch_scheduling_for_loop, clock_ticks, init_logging, open_fds,
+    write_process_metrics, ProcStat,
 };
 pub use stats::{write_metric_family, write_prometheus, LoopStats, LoopStatsSnapshot};
 pub use timer::TimerId;

@@ -87,6 +87,21 @@ pub(crate) fn max_fds() -> Option<u64> {
     (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r.rlim_cur)
 }
 
+/// Log through `tracing` to stderr, filtered by `RUST_LOG` (else by
+/// `default`, e.g. `"info"`), coloured only when stderr is a terminal: a log
+/// file, a pipe or journald gets plain text, not escape codes. For the
+/// servers' and tools' `main`; once per process.
+pub fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// Put the calling thread under `SCHED_BATCH`: the same share of the CPU
 /// as an ordinary thread, but the scheduler takes it for CPU-bound, so its
 /// wake-ups never preempt the task running where it wakes; it runs when that

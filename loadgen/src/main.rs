@@ -248,12 +248,7 @@ fn write_file(path: &PathBuf, what: &str, body: impl AsRef<[u8]>) {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    elko_engine::init_logging("warn");
     let args = match Cli::parse().cmd {
         Cmd::Worker { spec } => std::process::exit(worker_main(&spec)),
         Cmd::Chat(args) => *args,
