@@ -2,11 +2,11 @@
 //! operator's log file or journald gets plain text lines, not terminal colour
 //! codes. Every wait is bounded; the child is killed if the test fails.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -32,37 +32,30 @@ fn logs_to_a_pipe_are_plain_text() {
         }
     }
     let mut child = cmd.spawn().expect("spawn elko-contextd");
-    let stdout = child.stdout.take().expect("stdout piped");
+    // The start-up line says the signal handlers are in place.
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line).map(|_| tx.send(line));
     });
     let started = rx.recv_timeout(WAIT);
     let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
     // SAFETY: kill(2) takes no pointers; the pid is our own unreaped child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("elko-contextd did not exit within {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    // Wait for the exit while reading stderr to its end, on a thread, so
+    // that a full pipe cannot hold the child and the wait stays bounded.
+    let (done, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    let Ok(out) = exited.recv_timeout(WAIT) else {
+        // SAFETY: as above; the waiting thread reaps it.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!("elko-contextd did not exit within {WAIT:?} of SIGTERM");
     };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read stderr");
+    let out = out.expect("wait for elko-contextd");
+    let (status, err) = (out.status, String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
     let started = started.unwrap_or_else(|e| panic!("no start-up line ({e}); stderr:\n{err}"));
     assert!(started.starts_with("elko-contextd listening "), "{started}");
