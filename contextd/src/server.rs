@@ -84,18 +84,16 @@ impl Server {
             ..EngineConfig::default()
         };
         let loops = ecfg.loop_count();
-        // Bind once here so the address announced to directors carries the
-        // real port (port 0 is allowed); the engine's listeners join it
-        // through SO_REUSEPORT before this probe is closed.
+        // Hold the port here so the address announced to directors carries
+        // the real port (port 0 is allowed); the engine's listeners join it
+        // through SO_REUSEPORT before the reservation is dropped. Both refuse
+        // a port another server already listens on.
         let probe =
-            elko_engine::bind_listener(cfg.listen, true).map_err(|source| StartError::Listen {
+            elko_engine::ReservedPort::new(cfg.listen).map_err(|source| StartError::Listen {
                 addr: cfg.listen,
                 source,
             })?;
-        let bound = probe.local_addr().map_err(|source| StartError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
+        let bound = probe.addr();
         let (disk_handle, receivers) = DiskPool::channels(cfg.disk_threads);
         let gauges: Arc<Vec<LoopGauge>> =
             Arc::new((0..loops).map(|_| LoopGauge::default()).collect());

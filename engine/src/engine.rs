@@ -5,6 +5,7 @@ use crate::ctx::Ctx;
 use crate::ctx::{FIRST_LISTENER_TOKEN, MAX_LISTENERS};
 use crate::event_loop::{EventLoop, TIMER_TOKEN, WAKER_TOKEN};
 use crate::handler::Handler;
+use crate::listen::{bind_group, bind_listener};
 use crate::mailbox::{Mail, Mailbox, PostError, Shared};
 use crate::stats::LoopStats;
 use crate::timer::Timers;
@@ -48,21 +49,6 @@ impl<M: Send + 'static> Poster<M> {
     pub fn loop_count(&self) -> usize {
         self.shared.mailboxes.len()
     }
-}
-
-/// Create a listening socket. With `reuse_port`, several sockets may bind the
-/// same address and the kernel spreads connections over them.
-pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    if reuse_port {
-        s.set_reuse_port(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    Ok(s.into())
 }
 
 impl<M: Send + 'static> Engine<M> {
@@ -115,13 +101,11 @@ impl<M: Send + 'static> Engine<M> {
         for &addr in listen {
             match cfg.accept_mode {
                 AcceptMode::ReusePort => {
-                    let first = bind_listener(addr, true)?;
-                    let actual = first.local_addr()?;
-                    listeners[0].push(Some(first));
-                    for per_loop in listeners.iter_mut().skip(1) {
-                        per_loop.push(Some(bind_listener(actual, true)?));
+                    let group = bind_group(addr, n)?;
+                    local_addrs.push(group[0].local_addr()?);
+                    for (per_loop, l) in listeners.iter_mut().zip(group) {
+                        per_loop.push(Some(l));
                     }
-                    local_addrs.push(actual);
                 }
                 AcceptMode::Single => {
                     let l = bind_listener(addr, false)?;
