@@ -219,4 +219,23 @@ mod tests {
         assert_eq!(group[1].local_addr().expect("addr"), addr);
         let _ = std::net::TcpStream::connect(addr).expect("the group accepts");
     }
+
+    #[test]
+    fn a_group_is_refused_where_another_listens_on_ipv6_loopback() {
+        // Through the kernel's tcp6 table; a machine without IPv6 has none.
+        let Ok(other) = bind_listener(sa("[::1]:0"), true) else {
+            eprintln!("SKIPPED: no IPv6 loopback here");
+            return;
+        };
+        let addr = other.local_addr().expect("addr");
+        let err = bind_group(addr, 1).expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        // The same port on IPv4 loopback is another address: not refused.
+        let v4 = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port());
+        // (Unless something on this machine happens to hold it there.)
+        match bind_group(v4, 1) {
+            Ok(group) => assert_eq!(group[0].local_addr().expect("addr"), v4),
+            Err(e) => assert!(!e.to_string().contains(&addr.to_string()), "{e}"),
+        }
+    }
 }
