@@ -399,10 +399,14 @@ fn loops_run_as_sched_batch_only_when_asked() {
     };
     let (batch, _) = start_dialer(cfg("batchsched", true), None, vec![]);
     let (plain, _) = start_dialer(cfg("plainsched", false), None, vec![]);
+    // A thread takes its name when it starts running: wait for all four.
     wait_for(
         Duration::from_secs(5),
-        "the loops to set their policy",
-        || policies_of_threads_named("batchsched-loop") == [libc::SCHED_BATCH; 2],
+        "the loops to start and set their policy",
+        || {
+            policies_of_threads_named("batchsched-loop") == [libc::SCHED_BATCH; 2]
+                && policies_of_threads_named("plainsched-loop").len() == 2
+        },
     );
     assert_eq!(
         policies_of_threads_named("plainsched-loop"),
