@@ -47,15 +47,12 @@ pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net:
 /// free port, the same for all), refused with `AddrInUse` if another socket
 /// already listens on an overlapping address and port.
 pub(crate) fn bind_group(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let first = bind_socket(addr, true)?;
-    let actual = local_addr(&first)?;
-    let mut group = vec![first];
+    let first = ReservedPort::new(addr)?;
+    let mut group = Vec::with_capacity(n.max(1));
     for _ in 1..n.max(1) {
-        group.push(bind_socket(actual, true)?);
+        group.push(bind_socket(first.addr, true)?);
     }
-    if let Some(other) = listening_on(actual)? {
-        return Err(in_use(other));
-    }
+    group.push(first.sock);
     group
         .into_iter()
         .map(|s| s.listen(BACKLOG).map(|()| s.into()))
@@ -67,20 +64,21 @@ pub(crate) fn bind_group(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net:
 /// receiving a connection. Released on drop.
 #[derive(Debug)]
 pub struct ReservedPort {
-    _sock: Socket,
+    sock: Socket,
     addr: SocketAddr,
 }
 
 impl ReservedPort {
-    /// Bind `addr` (port 0: a free port) for an `SO_REUSEPORT` group, and
-    /// refuse it as [`bind_group`] would if someone already listens there.
+    /// Bind `addr` (port 0: a free port) for an `SO_REUSEPORT` group, refused
+    /// with `AddrInUse` if another socket already listens on an overlapping
+    /// address and port.
     pub fn new(addr: SocketAddr) -> io::Result<ReservedPort> {
         let sock = bind_socket(addr, true)?;
         let addr = local_addr(&sock)?;
-        if let Some(other) = listening_on(addr)? {
+        if let Some(other) = listening_on(addr) {
             return Err(in_use(other));
         }
-        Ok(ReservedPort { _sock: sock, addr })
+        Ok(ReservedPort { sock, addr })
     }
 
     /// The bound address, with the port the kernel chose.
@@ -98,25 +96,25 @@ fn in_use(other: SocketAddr) -> io::Error {
 
 /// A socket in LISTEN state on `addr`'s port whose address overlaps it
 /// (equal, or either a wildcard), from the kernel's tables of this network
-/// namespace; `None` if there is none.
-fn listening_on(addr: SocketAddr) -> io::Result<Option<SocketAddr>> {
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = match std::fs::read_to_string(table) {
-            Ok(t) => t,
-            // No IPv6 in this kernel: nothing can listen there.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        if let Some(other) = text
-            .lines()
-            .skip(1)
-            .filter_map(parse_listener)
-            .find(|other| overlaps(*other, addr))
-        {
-            return Ok(Some(other));
-        }
-    }
-    Ok(None)
+/// namespace; `None` if there is none, or if the tables cannot be read (no
+/// `/proc`, no IPv6: then the kernel alone decides, with a warning if the
+/// table exists but is unreadable).
+fn listening_on(addr: SocketAddr) -> Option<SocketAddr> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table)
+                .inspect_err(|e| {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!(%addr, table, error = %e, "cannot check who else listens");
+                    }
+                })
+                .ok()?;
+            text.lines()
+                .skip(1)
+                .filter_map(parse_listener)
+                .find(|other| overlaps(*other, addr))
+        })
 }
 
 /// The local address of one line of `/proc/net/tcp{,6}` if its state is
