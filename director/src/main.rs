@@ -79,8 +79,9 @@ fn main() -> ExitCode {
     let engine_cfg = EngineConfig {
         // One loop owns the directory: see the `server` module docs.
         loops: 1,
-        // A plain listener: a second director started on the same port must
-        // fail to bind rather than silently share the port.
+        // One loop needs no SO_REUSEPORT group: a plain listener, which no
+        // other socket can join at all (the engine's groups refuse a taken
+        // port at start, but a later SO_REUSEPORT socket could still join).
         accept_mode: AcceptMode::Single,
         server_id: settings.director_id.clone(),
         limits: Limits {

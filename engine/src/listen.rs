@@ -9,7 +9,8 @@
 //! listens on an overlapping address (the kernel's LISTEN table in
 //! `/proc/net/tcp` and `tcp6`), and only then listens: a second server fails
 //! to start with `AddrInUse`, as it would on a plain port. Two servers that
-//! start at the very same moment can still both pass the check.
+//! start at the very same moment can still both pass the check, and a
+//! program that sets `SO_REUSEPORT` without it can still join a group later.
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
